@@ -1,0 +1,1 @@
+"""DICOM output: UIDs, WSI metadata, the streaming frame writer and pyramid building."""

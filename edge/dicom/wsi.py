@@ -1,0 +1,169 @@
+"""The DICOM WSI consumer of the tile stream: one instance per output pyramid level.
+
+Source levels are copied frame by frame (or re-encoded when their codec is not DICOM's);
+generated levels are fed from the decoded tiles of their parent through Downsamplers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edge.dicom.encode import Encoder
+from edge.dicom.metadata import ImageSpec
+from edge.dicom.pyramid import Downsampler, PlannedLevel
+from edge.dicom.writer import FrameWriter
+from edge.slide.model import Codec, Level
+from edge.slide.source import Pixels
+from edge.slide.stream import StreamTile
+
+EXTENDED_OFFSETS_ABOVE = 3 << 30  # bytes of pixel data; BOT offsets are 32-bit
+
+_COPY_CODEC = {Codec.JPEG: "jpeg", Codec.JPEG2000: "jpeg2000", Codec.HTJ2K: "htj2k",
+               Codec.JPEGXL: "jpegxl"}
+
+# Opens the FrameWriter for a spec (header building lives with the caller).
+OpenWriter = Callable[[ImageSpec, str, bool], FrameWriter]
+
+
+@dataclass
+class WrittenInstance:
+    file: str
+    spec: ImageSpec
+    how: str  # "copied", "re-encoded", "generated"
+
+
+def pad_tile(tile: Pixels, width: int, height: int) -> Pixels:
+    h, w = tile.shape[:2]
+    if h == height and w == width:
+        return tile
+    out = np.full((height, width, tile.shape[2]), 255, dtype=np.uint8)
+    out[: min(h, height), : min(w, width)] = tile[:height, :width]
+    return out
+
+
+class WsiWriter:
+    def __init__(
+        self,
+        levels: tuple[Level, ...],
+        plan: list[PlannedLevel],
+        specs: list[ImageSpec],
+        encoder: Encoder,
+        open_writer: OpenWriter,
+    ) -> None:
+        self.levels = levels
+        self.plan = plan
+        self.specs = specs
+        self.encoder = encoder
+        self._open = open_writer
+        self._writers: dict[int, FrameWriter] = {}
+        self._downsamplers: dict[int, Downsampler] = {}  # by plan index of the parent
+        self.written: list[WrittenInstance] = []
+
+    @staticmethod
+    def level_spec_codec(level: Level, encoder: Encoder) -> tuple[str, str, bool, bool]:
+        """(codec key, photometric, lossy, copied) for a source level's output instance."""
+        if level.codec is not Codec.NONE and level.photometric:
+            codec = _COPY_CODEC[level.codec]
+            if level.codec in (Codec.JPEG2000, Codec.HTJ2K) and not level.lossy:
+                codec += "-lossless"
+            return codec, level.photometric, level.lossy, True
+        return encoder.codec, encoder.photometric(level.samples), not encoder.lossless, False
+
+    def _plan_index(self, level: Level) -> int:
+        return next(i for i, p in enumerate(self.plan) if p.source == level.index)
+
+    def _start(self, index: int, how: str) -> None:
+        spec = self.specs[index]
+        name = f"level-{index:02d}.dcm"
+        estimate = self._estimate_bytes(index)
+        self._writers[index] = self._open(spec, name, estimate > EXTENDED_OFFSETS_ABOVE)
+        self.written.append(WrittenInstance(name, spec, how))
+        for child, planned in enumerate(self.plan):
+            if planned.parent == index:
+                self._start(child, "generated")
+                self._downsamplers[index] = Downsampler(
+                    self.plan[index], spec.samples, self._emitter(child))
+
+    def _estimate_bytes(self, index: int) -> int:
+        planned = self.plan[index]
+        if planned.source is not None:
+            level = self.levels[planned.source]
+            if level.stored_bytes:
+                return int(level.stored_bytes * 1.01) + 1024 * level.frame_count
+        spec = self.specs[index]
+        raw = planned.tiles * planned.tile_width * planned.tile_height * spec.samples
+        return raw if self.encoder.lossless else raw // 4
+
+    def _emitter(self, index: int) -> Callable[[int, int, Pixels], None]:
+        def emit(col: int, row: int, tile: Pixels) -> None:
+            self._writers[index].add(self.encoder.encode(tile))
+            child = self._downsamplers.get(index)
+            if child is not None:
+                child.add(col, row, tile)
+
+        return emit
+
+    def start_level(self, level: Level) -> None:
+        index = self._plan_index(level)
+        copied = self.level_spec_codec(level, self.encoder)[3]
+        self._start(index, "copied" if copied else "re-encoded")
+        self._current = index
+        self._copy = copied
+        self._tile_size = (level.tile_width, level.tile_height)
+
+    def consume(self, tile: StreamTile) -> None:
+        frame = tile.frame
+        writer = self._writers[self._current]
+        if self._copy:
+            assert frame.data is not None
+            writer.add(frame.data)
+        else:
+            writer.add(self.encoder.encode(pad_tile(tile.pixels(), *self._tile_size)))
+        downsampler = self._downsamplers.get(self._current)
+        if downsampler is not None and frame.plane == 0:
+            downsampler.add(frame.col, frame.row, pad_tile(tile.pixels(), *self._tile_size))
+
+    def end_level(self, level: Level) -> None:
+        index = self._plan_index(level)
+        chain = [index]
+        while True:
+            child = next((i for i, p in enumerate(self.plan) if p.parent == chain[-1]), None)
+            if child is None:
+                break
+            chain.append(child)
+        for i in chain:
+            self._writers.pop(i).close()
+            self._downsamplers.pop(i, None)
+
+    def abort(self) -> None:
+        for writer in self._writers.values():
+            writer.abort()
+        self._writers.clear()
+
+
+def spec_for_plan(
+    plan: list[PlannedLevel], index: int, base: ImageSpec, frames: int, **changes: object
+) -> ImageSpec:
+    """A level's ImageSpec from the level-0 template: size, tiles and spacing scaled."""
+    planned = plan[index]
+    spacing = (base.base_pixel_spacing_mm * base.base_width / planned.width
+               if base.base_pixel_spacing_mm else None)
+    return replace(
+        base,
+        width=planned.width,
+        height=planned.height,
+        tile_width=planned.tile_width,
+        tile_height=planned.tile_height,
+        frames=frames,
+        pixel_spacing_mm=spacing,
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def tiles_for(width: int, height: int, tile_w: int, tile_h: int) -> int:
+    return math.ceil(width / tile_w) * math.ceil(height / tile_h)
