@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Inputs with over-long values are expected (they are repaired in the output); pydicom's
+    # per-value complaints would bury the one line that matters.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pydicom")
     if args.command == "convert":
         return cmd_convert(args)
     return EXIT_INPUT

@@ -194,18 +194,21 @@ def _convert_open(
             original = copied and planned.source == 0 and meta.format != "dicom"
             frames = level.frame_count
             samples = level.samples
+            paths, planes = level.optical_paths, level.focal_planes
         else:
             parent_spec = specs[planned.parent] if planned.parent is not None else template
             samples = parent_spec.samples
             codec, photometric, lossy = (encoder.codec, encoder.photometric(samples),
                                          parent_spec.lossy or not encoder.lossless)
             original, frames = False, planned.tiles
+            paths, planes = 1, 1
         image_type = ("ORIGINAL" if original else "DERIVED", "PRIMARY", "VOLUME",
                       "NONE" if i == 0 else "RESAMPLED")
         specs.append(spec_for_plan(
             plan, i, template, frames, sop_instance_uid=make_uid(root, key, f"level-{i}"),
             instance_number=i + 1, image_type=image_type, samples=samples,
-            photometric=photometric, codec=codec, lossy=lossy))
+            photometric=photometric, codec=codec, lossy=lossy, optical_paths=paths,
+            focal_planes=planes))
 
     def open_writer(spec: md.ImageSpec, name: str, extended: bool) -> FrameWriter:
         dataset = md.build_dataset(spec, meta, ident, acquired)

@@ -6,6 +6,7 @@ PACS and viewers choke on what `dciodvfy` flags; the pixel data is appended by t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -82,6 +83,8 @@ class ImageSpec:
     base_width: int  # level 0 size, for the imaged volume
     base_height: int
     base_pixel_spacing_mm: float | None
+    optical_paths: int = 1
+    focal_planes: int = 1
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -122,7 +125,7 @@ def build_dataset(
     _patient_study(ds, ident, acquired)
     _series_equipment(ds, slide, ident)
     _image(ds, spec, acquired)
-    _functional_groups(ds, spec, ident)
+    _functional_groups(ds, spec, ident, slide)
     _specimen(ds, ident, slide)
     _optical_paths(ds, spec, slide)
     if spec.image_type[2] == "LABEL":
@@ -190,7 +193,7 @@ def _image(ds: Dataset, spec: ImageSpec, acquired: datetime | None) -> None:
         ds.RescaleSlope = 1
     ds.TotalPixelMatrixColumns = spec.width
     ds.TotalPixelMatrixRows = spec.height
-    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.TotalPixelMatrixFocalPlanes = spec.focal_planes
     origin = Dataset()
     origin.XOffsetInSlideCoordinateSystem = 0
     origin.YOffsetInSlideCoordinateSystem = 0
@@ -213,7 +216,9 @@ def _image(ds: Dataset, spec: ImageSpec, acquired: datetime | None) -> None:
     ds.AcquisitionContextSequence = Sequence()
 
 
-def _functional_groups(ds: Dataset, spec: ImageSpec, ident: Identity) -> None:
+def _functional_groups(
+    ds: Dataset, spec: ImageSpec, ident: Identity, slide: SlideMetadata
+) -> None:
     shared = Dataset()
     measures = Dataset()
     spacing = spec.pixel_spacing_mm or 0.001 * spec.base_width / max(spec.width, 1)
@@ -223,9 +228,10 @@ def _functional_groups(ds: Dataset, spec: ImageSpec, ident: Identity) -> None:
     frame_type = Dataset()
     frame_type.FrameType = list(spec.image_type)
     shared.WholeSlideMicroscopyImageFrameTypeSequence = Sequence([frame_type])
-    path = Dataset()
-    path.OpticalPathIdentifier = "1"
-    shared.OpticalPathIdentificationSequence = Sequence([path])
+    if spec.optical_paths == 1:
+        path = Dataset()
+        path.OpticalPathIdentifier = _optical_path_items(spec, slide)[0].OpticalPathIdentifier
+        shared.OpticalPathIdentificationSequence = Sequence([path])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
 
     org = Dataset()
@@ -254,6 +260,35 @@ def _specimen(ds: Dataset, ident: Identity, slide: SlideMetadata) -> None:
 
 
 def _optical_paths(ds: Dataset, spec: ImageSpec, slide: SlideMetadata) -> None:
+    items = _optical_path_items(spec, slide)
+    ds.NumberOfOpticalPaths = len(items)
+    ds.OpticalPathSequence = Sequence(items)
+
+
+def _sanitised_path(carried: Dataset, spec: ImageSpec, slide: SlideMetadata) -> Dataset:
+    """A copy of an input's optical path item with the values dciodvfy rejects repaired."""
+    item = copy.deepcopy(carried)
+    if "IlluminationWaveLength" in item and not float(item.IlluminationWaveLength or 0) > 0:
+        del item.IlluminationWaveLength  # vendors write 0 for "unknown"
+    if "IlluminationWaveLength" not in item and "IlluminationColorCodeSequence" not in item:
+        item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT",
+                                                             "Full Spectrum")])
+    if "IlluminationTypeCodeSequence" not in item:
+        item.IlluminationTypeCodeSequence = Sequence([_code("111741", "DCM",
+                                                            "Transmission illumination")])
+    if "PaletteColorLookupTableSequence" in item:
+        del item.PaletteColorLookupTableSequence  # optional; 8-bit descriptors are invalid here
+    if "ICCProfile" not in item and spec.samples == 3:
+        item.ICCProfile = slide.icc_profile or srgb_profile()
+    if spec.samples == 1 and "ICCProfile" in item:
+        del item.ICCProfile  # only allowed with colour pixels or a palette
+    return item
+
+
+def _optical_path_items(spec: ImageSpec, slide: SlideMetadata) -> list[Dataset]:
+    carried = slide.dicom_attributes.get("OpticalPathSequence")
+    if isinstance(carried, Sequence) and len(carried) == spec.optical_paths:
+        return [_sanitised_path(item, spec, slide) for item in carried]
     paths = slide.optical_paths or (OpticalPath("1", "Brightfield"),)
     path = paths[0]
     item = Dataset()
@@ -272,5 +307,4 @@ def _optical_paths(ds: Dataset, spec: ImageSpec, slide: SlideMetadata) -> None:
                                                              "Full Spectrum")])
     if spec.samples == 3:
         item.ICCProfile = path.icc_profile or slide.icc_profile or srgb_profile()
-    ds.NumberOfOpticalPaths = 1
-    ds.OpticalPathSequence = Sequence([item])
+    return [item]

@@ -44,10 +44,11 @@ def plan_pyramid(levels: Sequence[Level], dyadic: bool = False) -> list[PlannedL
     paths or focal planes) are copied but never used as a generation parent.
     """
     plan: list[PlannedLevel] = []
-    for i, level in enumerate(levels):
-        nxt = levels[i + 1] if i + 1 < len(levels) else None
+    kept = [level for level in levels if _keep(level, levels[0])]
+    for i, level in enumerate(kept):
+        nxt = kept[i + 1] if i + 1 < len(kept) else None
         plan.append(PlannedLevel(level.width, level.height, level.tile_width,
-                                 level.tile_height, source=i))
+                                 level.tile_height, source=level.index))
         parent = len(plan) - 1
         if level.optical_paths * level.focal_planes != 1:
             continue
@@ -64,6 +65,16 @@ def plan_pyramid(levels: Sequence[Level], dyadic: bool = False) -> list[PlannedL
                                      parent=parent))
             parent = len(plan) - 1
     return plan
+
+
+def _keep(level: Level, base: Level) -> bool:
+    """Single-tile levels whose tile size differs from level 0's are rebuilt, not copied.
+
+    Converters such as wsi2dcm shrink the tile to the image on small levels; wsidicom and
+    several viewers need one tile size per series and would drop them.
+    """
+    same = (level.tile_width, level.tile_height) == (base.tile_width, base.tile_height)
+    return same or level.tile_count > 1
 
 
 def halve(tile: Pixels) -> Pixels:

@@ -74,8 +74,8 @@ class WsiWriter:
             return codec, level.photometric, level.lossy, True
         return encoder.codec, encoder.photometric(level.samples), not encoder.lossless, False
 
-    def _plan_index(self, level: Level) -> int:
-        return next(i for i, p in enumerate(self.plan) if p.source == level.index)
+    def _plan_index(self, level: Level) -> int | None:
+        return next((i for i, p in enumerate(self.plan) if p.source == level.index), None)
 
     def _start(self, index: int, how: str) -> None:
         spec = self.specs[index]
@@ -110,13 +110,17 @@ class WsiWriter:
 
     def start_level(self, level: Level) -> None:
         index = self._plan_index(level)
+        self._current = index
+        if index is None:  # a source level the plan rebuilds instead
+            return
         copied = self.level_spec_codec(level, self.encoder)[3]
         self._start(index, "copied" if copied else "re-encoded")
-        self._current = index
         self._copy = copied
         self._tile_size = (level.tile_width, level.tile_height)
 
     def consume(self, tile: StreamTile) -> None:
+        if self._current is None:
+            return
         frame = tile.frame
         writer = self._writers[self._current]
         if self._copy:
@@ -130,6 +134,8 @@ class WsiWriter:
 
     def end_level(self, level: Level) -> None:
         index = self._plan_index(level)
+        if index is None:
+            return
         chain = [index]
         while True:
             child = next((i for i, p in enumerate(self.plan) if p.parent == chain[-1]), None)
