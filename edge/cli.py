@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import __version__
-from edge.convert import ConvertOptions, ConvertResult, convert
+from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
     conv.add_argument("--format", choices=FORMATS, default="jpeg",
                       help="codec for tiles that must be (re-)encoded (default: jpeg)")
-    conv.add_argument("--quality", type=int, default=93,
-                      help="1-100; 100 = lossless for jpeg2000/htj2k/jpegxl (default: 93)")
+    conv.add_argument("--quality", type=int, default=95,
+                      help="1-100; 100 = lossless for jpeg2000/htj2k/jpegxl (default: 95)")
     conv.add_argument("--dyadic", action="store_true",
                       help="also generate 2x levels between the source's 4x-spaced levels")
     conv.add_argument("--uid-root", default=DEFAULT_ROOT,
@@ -84,11 +84,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
         mpp=args.mpp, sidecar=args.sidecar, filename_pattern=args.filename_pattern,
         associated=not args.no_associated,
     )
-    results, failures = [], []
+    results: list[ConvertResult] = []
+    failures: list[dict[str, str]] = []
+    claimed: dict[str, Path] = {}
     show = not args.quiet and sys.stderr.isatty()
     with _progress_bar(show) as bar:
         for slide in args.slides:
             task = bar.add_task(slide.name, total=None)
+            name = output_name(slide)
+            if name in claimed:
+                message = (f"{slide}: its output folder {name!r} is already taken by "
+                           f"{claimed[name]} in this run; convert it separately")
+                failures.append({"source": str(slide), "error": message})
+                bar.console.print(f"error: {message}", style="red", highlight=False)
+                bar.remove_task(task)
+                continue
+            claimed[name] = slide
             try:
                 result = convert(slide, args.output, options,
                                  lambda done, total, t=task: bar.update(t, completed=done,

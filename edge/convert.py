@@ -42,7 +42,7 @@ _ALLOWED_KEYS = set(md.PATIENT_STUDY_KEYWORDS)
 @dataclass(frozen=True)
 class ConvertOptions:
     format: str = "jpeg"  # codec for levels that must be (re-)encoded
-    quality: int = 93
+    quality: int = 95
     dyadic: bool = False
     uid_root: str = DEFAULT_ROOT
     mpp: float | None = None  # override the file's pixel size (µm/px)
@@ -137,7 +137,7 @@ def convert(
     patient = patient_attributes(path, options)
     source = open_slide(path)
     out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / source.path.name.split(".")[0]
+    final = out_root / output_name(source.path)
     temp = out_root / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
@@ -295,6 +295,15 @@ def _write_associated(
             writer.add(encoder.encode(pixels))
         out.append(WrittenInstance(name, spec, "re-encoded"))
     return out
+
+
+def output_name(path: Path) -> str:
+    """The slide's output folder name: its file name without format suffixes."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".svs", ".ndpi", ".tiff", ".tif", ".dcm", ".qptiff"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _size(path: Path) -> int:

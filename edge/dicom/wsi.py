@@ -46,6 +46,29 @@ def pad_tile(tile: Pixels, width: int, height: int) -> Pixels:
     return out
 
 
+def replicate_edges(tile: Pixels, valid_width: int, valid_height: int) -> Pixels:
+    """Fill the part of an edge tile beyond the image with its last valid column/row.
+
+    TIFF and DICOM pad edge tiles with arbitrary pixels; averaging those into the level below
+    would draw a dark or noisy border along the right and bottom of every generated level.
+    """
+    h, w = tile.shape[:2]
+    if valid_width >= w and valid_height >= h:
+        return tile
+    tile = tile.copy()
+    if valid_width < w:
+        tile[:, valid_width:] = tile[:, valid_width - 1 : valid_width]
+    if valid_height < h:
+        tile[valid_height:, :] = tile[valid_height - 1 : valid_height, :]
+    return tile
+
+
+def _valid(planned: PlannedLevel, col: int, row: int) -> tuple[int, int]:
+    """Width and height of the image part of tile (col, row)."""
+    return (min(planned.tile_width, planned.width - col * planned.tile_width),
+            min(planned.tile_height, planned.height - row * planned.tile_height))
+
+
 class WsiWriter:
     def __init__(
         self,
@@ -101,6 +124,7 @@ class WsiWriter:
 
     def _emitter(self, index: int) -> Callable[[int, int, Pixels], None]:
         def emit(col: int, row: int, tile: Pixels) -> None:
+            tile = replicate_edges(tile, *_valid(self.plan[index], col, row))
             self._writers[index].add(self.encoder.encode(tile))
             child = self._downsamplers.get(index)
             if child is not None:
@@ -130,7 +154,9 @@ class WsiWriter:
             writer.add(self.encoder.encode(pad_tile(tile.pixels(), *self._tile_size)))
         downsampler = self._downsamplers.get(self._current)
         if downsampler is not None and frame.plane == 0:
-            downsampler.add(frame.col, frame.row, pad_tile(tile.pixels(), *self._tile_size))
+            pixels = pad_tile(tile.pixels(), *self._tile_size)
+            valid = _valid(self.plan[self._current], frame.col, frame.row)
+            downsampler.add(frame.col, frame.row, replicate_edges(pixels, *valid))
 
     def end_level(self, level: Level) -> None:
         index = self._plan_index(level)

@@ -58,6 +58,8 @@ def _open_tiff(path: Path) -> SlideSource:
     except tifffile.TiffFileError as exc:
         raise CorruptInput(path, f"damaged TIFF structure: {exc}") from exc
     try:
+        if len(tif.pages) == 0:
+            raise CorruptInput(path, "TIFF holds no image (empty or cut-off directory)")
         if tif.is_ndpi:
             from edge.slide.ndpi import NdpiSlide
 

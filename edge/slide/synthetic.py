@@ -1,0 +1,126 @@
+"""Small synthetic slides for the quick start, tests and site checks.
+
+Procedural H&E-like tissue (stroma, nuclei, glass) written as Aperio SVS, generic pyramidal
+TIFF or OME-TIFF with tifffile. The full test-slide kit (real texture, planted artifacts,
+ground truth) builds on this; large benchmark slides come from tools/make_big_svs.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+
+from edge.dicom.pyramid import halve
+
+FORMATS = ("svs", "tiff", "ome-tiff")
+MAX_SIDE = 16384  # built in memory
+
+
+def tissue(width: int, height: int, seed: int = 0) -> npt.NDArray[np.uint8]:
+    """An RGB image of pink stroma with purple nuclei on near-white glass."""
+    rng = np.random.default_rng(seed)
+    gh, gw = max(2, height // 64), max(2, width // 64)
+    coarse = rng.random((gh, gw)).astype(np.float32)
+    for _ in range(3):  # smooth into blob-shaped tissue pieces
+        coarse = (coarse + np.roll(coarse, 1, 0) + np.roll(coarse, 1, 1)
+                  + np.roll(coarse, -1, 0) + np.roll(coarse, -1, 1)) / 5
+    mask_small = coarse > np.quantile(coarse, 0.45)
+    ys = (np.arange(height) * gh // height)[:, None]
+    xs = (np.arange(width) * gw // width)[None, :]
+    mask = mask_small[ys, xs]
+    img = np.empty((height, width, 3), np.uint8)
+    img[...] = (242, 240, 244)
+    stroma = np.array([222, 150, 190], np.float32)
+    shade = 0.85 + 0.15 * rng.random((gh, gw)).astype(np.float32)
+    texture = stroma[None, None, :] * shade[ys, xs][..., None]
+    noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    img[mask] = np.clip(texture + noise, 0, 255).astype(np.uint8)[mask]
+    n_nuclei = int(width * height / 900 * mask.mean())
+    cy = rng.integers(0, height, n_nuclei)
+    cx = rng.integers(0, width, n_nuclei)
+    keep = mask[cy, cx]
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            if dy * dy + dx * dx <= 9:
+                yy = np.clip(cy[keep] + dy, 0, height - 1)
+                xx = np.clip(cx[keep] + dx, 0, width - 1)
+                img[yy, xx] = (95, 60, 140)
+    return img
+
+
+def _levels(base: npt.NDArray[np.uint8], tile: int) -> list[npt.NDArray[np.uint8]]:
+    levels = [base]
+    while max(levels[-1].shape[:2]) > tile:
+        cur = levels[-1]
+        h, w = cur.shape[:2]
+        padded = np.pad(cur, ((0, h & 1), (0, w & 1), (0, 0)), mode="edge")
+        levels.append(halve(padded))
+    return levels
+
+
+def write_slide(
+    path: Path,
+    width: int = 4096,
+    height: int = 3072,
+    fmt: str = "svs",
+    seed: int = 0,
+    tile: int = 256,
+    quality: int = 85,
+    mpp: float = 0.25,
+    barcode: str = "SYNTH-0001",
+) -> Path:
+    """Write a synthetic pyramidal slide and return its path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if not (16 <= width <= MAX_SIDE and 16 <= height <= MAX_SIDE):
+        raise ValueError(f"size {width}x{height}: each side must be 16..{MAX_SIDE}")
+    if fmt == "ome-tiff" and not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        raise ValueError(f"{path.name}: an OME-TIFF file name must end in .ome.tif")
+    levels = _levels(tissue(width, height, seed), tile)
+    # Aperio keeps every 4th level; the other writers keep the full 2x pyramid.
+    if fmt == "svs":
+        levels = levels[::2]
+    jpeg = {"level": quality}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
+        if fmt == "svs":
+            desc = (f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
+                    f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp / 4:g}|"
+                    f"MPP = {mpp:.4f}|Date = 11/27/26|Time = 09:30:00|"
+                    f"Filename = {path.stem}|Barcode = {barcode}")
+            tif.write(levels[0], tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
+                      description=desc, metadata=None, subfiletype=0)
+            thumb = levels[-1]
+            tif.write(thumb, compression="jpeg", compressionargs=jpeg, photometric="rgb", metadata=None,
+                      description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                      f"{thumb.shape[1]}x{thumb.shape[0]} - ", subfiletype=0)
+            for level in levels[1:]:
+                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
+                          description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                          f"{level.shape[1]}x{level.shape[0]}", metadata=None, subfiletype=0)
+            label = np.full((400, 400, 3), 250, np.uint8)
+            label[40:360:20, 40:360] = 20  # a barcode-like stripe pattern
+            tif.write(label, compression="lzw", photometric="rgb", metadata=None,
+                      description="Aperio Image Library v12.0.15\nlabel 400x400", subfiletype=1)
+            macro = _levels(levels[-1], 64)[0][:, :, :]
+            tif.write(macro, compression="jpeg", compressionargs=jpeg, photometric="rgb", metadata=None,
+                      description=f"Aperio Image Library v12.0.15\nmacro "
+                      f"{macro.shape[1]}x{macro.shape[0]}", subfiletype=9)
+        elif fmt == "tiff":
+            res = (1e4 / mpp, 1e4 / mpp)
+            for i, level in enumerate(levels):
+                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
+                          resolution=(res[0] / 2**i, res[1] / 2**i), resolutionunit="CENTIMETER",
+                          subfiletype=0 if i == 0 else 1, metadata=None)
+        else:
+            tif.write(levels[0], tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
+                      subifds=len(levels) - 1,
+                      metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+                                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+            for level in levels[1:]:
+                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
+                          subfiletype=1)
+    return path
