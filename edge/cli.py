@@ -10,6 +10,15 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
 from edge import __version__
 from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
@@ -30,44 +39,74 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert each SLIDE into OUTDIR/<slide name>/ as DICOM VL Whole Slide "
         "Microscopy Image instances, copying compressed tiles where DICOM allows.",
     )
-    conv.add_argument("slides", nargs="+", type=Path, metavar="SLIDE",
-                      help="slide file, or a folder holding one DICOM series")
+    conv.add_argument(
+        "slides",
+        nargs="+",
+        type=Path,
+        metavar="SLIDE",
+        help="slide file, or a folder holding one DICOM series",
+    )
     conv.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
-    conv.add_argument("--format", choices=FORMATS, default="jpeg",
-                      help="codec for tiles that must be (re-)encoded (default: jpeg)")
-    conv.add_argument("--quality", type=int, default=95,
-                      help="1-100; 100 = lossless for jpeg2000/htj2k/jpegxl (default: 95)")
-    conv.add_argument("--dyadic", action="store_true",
-                      help="also generate 2x levels between the source's 4x-spaced levels")
-    conv.add_argument("--uid-root", default=DEFAULT_ROOT,
-                      help="organisation UID root for generated UIDs (default: 2.25, UUID-based)")
+    conv.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="jpeg",
+        help="codec for tiles that must be (re-)encoded (default: jpeg)",
+    )
+    conv.add_argument(
+        "--quality",
+        type=int,
+        default=95,
+        help="1-100; 100 = lossless for jpeg2000/htj2k/jpegxl (default: 95)",
+    )
+    conv.add_argument(
+        "--dyadic",
+        action="store_true",
+        help="also generate 2x levels between the source's 4x-spaced levels",
+    )
+    conv.add_argument(
+        "--uid-root",
+        default=DEFAULT_ROOT,
+        help="organisation UID root for generated UIDs (default: 2.25, UUID-based)",
+    )
     conv.add_argument("--mpp", type=float, help="pixel size in µm at level 0, overriding the file")
-    conv.add_argument("--sidecar", type=Path,
-                      help="JSON of patient/study attributes (default: SLIDE with .json suffix)")
-    conv.add_argument("--filename-pattern",
-                      help="regex with named groups (PatientID, AccessionNumber, ...) "
-                      "matched against the slide's file name")
-    conv.add_argument("--no-associated", action="store_true",
-                      help="skip label, overview and thumbnail images")
+    conv.add_argument(
+        "--sidecar",
+        type=Path,
+        help="JSON of patient/study attributes (default: SLIDE with .json suffix)",
+    )
+    conv.add_argument(
+        "--filename-pattern",
+        help="regex with named groups (PatientID, AccessionNumber, ...) "
+        "matched against the slide's file name",
+    )
+    conv.add_argument(
+        "--no-associated", action="store_true", help="skip label, overview and thumbnail images"
+    )
     conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def _progress_bar(enabled: bool):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.progress import TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("tiles"), TimeRemainingColumn(), transient=True,
-                    disable=not enabled)
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not enabled,
+    )
 
 
 def _summary_line(result: ConvertResult) -> str:
     copied = sum(1 for i in result.instances if i["how"] == "copied")
     mb = result.bytes_out / 1e6
-    return (f"{result.source} -> {result.output}: {len(result.instances)} instances "
-            f"({copied} copied without re-encoding), {mb:.1f} MB in {result.seconds:.2f} s")
+    return (
+        f"{result.source} -> {result.output}: {len(result.instances)} instances "
+        f"({copied} copied without re-encoding), {mb:.1f} MB in {result.seconds:.2f} s"
+    )
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -80,8 +119,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"edge convert: {exc}", file=sys.stderr)
         return EXIT_INPUT
     options = ConvertOptions(
-        format=args.format, quality=args.quality, dyadic=args.dyadic, uid_root=args.uid_root,
-        mpp=args.mpp, sidecar=args.sidecar, filename_pattern=args.filename_pattern,
+        format=args.format,
+        quality=args.quality,
+        dyadic=args.dyadic,
+        uid_root=args.uid_root,
+        mpp=args.mpp,
+        sidecar=args.sidecar,
+        filename_pattern=args.filename_pattern,
         associated=not args.no_associated,
     )
     results: list[ConvertResult] = []
@@ -93,17 +137,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
             task = bar.add_task(slide.name, total=None)
             name = output_name(slide)
             if name in claimed:
-                message = (f"{slide}: its output folder {name!r} is already taken by "
-                           f"{claimed[name]} in this run; convert it separately")
+                message = (
+                    f"{slide}: its output folder {name!r} is already taken by "
+                    f"{claimed[name]} in this run; convert it separately"
+                )
                 failures.append({"source": str(slide), "error": message})
                 bar.console.print(f"error: {message}", style="red", highlight=False)
                 bar.remove_task(task)
                 continue
             claimed[name] = slide
+
+            def show_progress(done: int, total: int, task_id: TaskID = task) -> None:
+                bar.update(task_id, completed=done, total=total)
+
             try:
-                result = convert(slide, args.output, options,
-                                 lambda done, total, t=task: bar.update(t, completed=done,
-                                                                        total=total))
+                result = convert(slide, args.output, options, show_progress)
             except EdgeError as exc:
                 failures.append({"source": str(slide), "error": str(exc)})
                 bar.console.print(f"error: {exc}", style="red", highlight=False)
@@ -112,16 +160,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 bar.remove_task(task)
             results.append(result)
             for warning in result.warnings:
-                bar.console.print(f"warning: {slide}: {warning}", style="yellow",
-                                  highlight=False)
+                bar.console.print(f"warning: {slide}: {warning}", style="yellow", highlight=False)
             if not args.json:
                 print(_summary_line(result), file=sys.stderr if show else sys.stdout)
     if not show and failures:
         for failure in failures:
             print(f"error: {failure['error']}", file=sys.stderr)
     if args.json:
-        json.dump({"converted": [r.as_dict() for r in results], "failed": failures},
-                  sys.stdout, indent=2)
+        json.dump(
+            {"converted": [r.as_dict() for r in results], "failed": failures}, sys.stdout, indent=2
+        )
         print()
     return EXIT_INPUT if failures else EXIT_OK
 

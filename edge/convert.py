@@ -26,8 +26,8 @@ from edge.dicom import metadata as md
 from edge.dicom.encode import Encoder
 from edge.dicom.pyramid import plan_pyramid
 from edge.dicom.uids import DEFAULT_ROOT, check_root, fingerprint, make_uid
-from edge.dicom.wsi import WsiWriter, WrittenInstance, pad_tile, spec_for_plan
 from edge.dicom.writer import FrameWriter
+from edge.dicom.wsi import WrittenInstance, WsiWriter, pad_tile, spec_for_plan
 from edge.errors import InputError, OutputError
 from edge.slide.model import AssociatedKind, SlideMetadata
 from edge.slide.open import open_slide
@@ -84,14 +84,16 @@ def patient_attributes(path: Path, options: ConvertOptions) -> dict[str, str]:
             raise InputError(sidecar, "sidecar must be a JSON object of DICOM keywords")
         unknown = sorted(set(data) - _ALLOWED_KEYS)
         if unknown:
-            raise InputError(sidecar, f"unknown keys {unknown}; allowed: "
-                                      f"{', '.join(md.PATIENT_STUDY_KEYWORDS)}")
+            raise InputError(
+                sidecar, f"unknown keys {unknown}; allowed: {', '.join(md.PATIENT_STUDY_KEYWORDS)}"
+            )
         found.update({k: str(v)[:64] for k, v in data.items() if v is not None})
     if options.filename_pattern:
         match = re.search(options.filename_pattern, path.name)
         if match:
-            found.update({k: v[:64] for k, v in match.groupdict().items()
-                          if v and k in _ALLOWED_KEYS})
+            found.update(
+                {k: v[:64] for k, v in match.groupdict().items() if v and k in _ALLOWED_KEYS}
+            )
     return found
 
 
@@ -102,14 +104,22 @@ def _acquired(source: SlideSource) -> datetime:
     return datetime.fromtimestamp(source.path.stat().st_mtime).replace(microsecond=0)
 
 
-def _identity(source: SlideSource, options: ConvertOptions, patient: dict[str, str],
-              key: str) -> md.Identity:
+def _identity(
+    source: SlideSource, options: ConvertOptions, patient: dict[str, str], key: str
+) -> md.Identity:
     root = check_root(options.uid_root)
     carried = source.metadata.dicom_attributes
-    container = (patient.get("ContainerIdentifier") or source.metadata.barcode
-                 or str(carried.get("ContainerIdentifier", "")) or source.path.stem)[:64]
-    study = patient.get("StudyInstanceUID") or str(carried.get("StudyInstanceUID", "")) \
+    container = (
+        patient.get("ContainerIdentifier")
+        or source.metadata.barcode
+        or str(carried.get("ContainerIdentifier", ""))
+        or source.path.stem
+    )[:64]
+    study = (
+        patient.get("StudyInstanceUID")
+        or str(carried.get("StudyInstanceUID", ""))
         or make_uid(root, key, "study")
+    )
     merged = {k: str(v) for k, v in carried.items() if k in _ALLOWED_KEYS and v}
     merged.update(patient)
     return md.Identity(
@@ -142,8 +152,7 @@ def convert(
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
-        result = _convert_open(source, temp, options, encoder, patient, progress,
-                               extra_consumers)
+        result = _convert_open(source, temp, options, encoder, patient, progress, extra_consumers)
         _replace_dir(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -169,8 +178,9 @@ def _convert_open(
     mpp = options.mpp or meta.mpp
     if mpp is None:
         mpp = ASSUMED_MPP
-        warnings.append(f"the file states no pixel size; assumed {ASSUMED_MPP} µm/px "
-                        "(pass --mpp to set it)")
+        warnings.append(
+            f"the file states no pixel size; assumed {ASSUMED_MPP} µm/px (pass --mpp to set it)"
+        )
     key = "\x1f".join((fingerprint(source.path), options.settings_key(), options.uid_root))
     ident = _identity(source, options, patient, key)
     acquired = _acquired(source)
@@ -179,14 +189,24 @@ def _convert_open(
     root = check_root(options.uid_root)
 
     template = md.ImageSpec(
-        sop_instance_uid="", instance_number=0, image_type=("DERIVED", "PRIMARY", "VOLUME", "NONE"),
-        width=base_level.width, height=base_level.height, tile_width=base_level.tile_width,
-        tile_height=base_level.tile_height, frames=1, samples=base_level.samples,
-        photometric="", codec="jpeg", lossy=True, pixel_spacing_mm=mpp / 1000,
-        base_width=base_level.width, base_height=base_level.height,
+        sop_instance_uid="",
+        instance_number=0,
+        image_type=("DERIVED", "PRIMARY", "VOLUME", "NONE"),
+        width=base_level.width,
+        height=base_level.height,
+        tile_width=base_level.tile_width,
+        tile_height=base_level.tile_height,
+        frames=1,
+        samples=base_level.samples,
+        photometric="",
+        codec="jpeg",
+        lossy=True,
+        pixel_spacing_mm=mpp / 1000,
+        base_width=base_level.width,
+        base_height=base_level.height,
         base_pixel_spacing_mm=mpp / 1000,
     )
-    specs = []
+    specs: list[md.ImageSpec] = []
     for i, planned in enumerate(plan):
         if planned.source is not None:
             level = source.levels[planned.source]
@@ -198,17 +218,36 @@ def _convert_open(
         else:
             parent_spec = specs[planned.parent] if planned.parent is not None else template
             samples = parent_spec.samples
-            codec, photometric, lossy = (encoder.codec, encoder.photometric(samples),
-                                         parent_spec.lossy or not encoder.lossless)
+            codec, photometric, lossy = (
+                encoder.codec,
+                encoder.photometric(samples),
+                parent_spec.lossy or not encoder.lossless,
+            )
             original, frames = False, planned.tiles
             paths, planes = 1, 1
-        image_type = ("ORIGINAL" if original else "DERIVED", "PRIMARY", "VOLUME",
-                      "NONE" if i == 0 else "RESAMPLED")
-        specs.append(spec_for_plan(
-            plan, i, template, frames, sop_instance_uid=make_uid(root, key, f"level-{i}"),
-            instance_number=i + 1, image_type=image_type, samples=samples,
-            photometric=photometric, codec=codec, lossy=lossy, optical_paths=paths,
-            focal_planes=planes))
+        image_type = (
+            "ORIGINAL" if original else "DERIVED",
+            "PRIMARY",
+            "VOLUME",
+            "NONE" if i == 0 else "RESAMPLED",
+        )
+        specs.append(
+            spec_for_plan(
+                plan,
+                i,
+                template,
+                frames,
+                sop_instance_uid=make_uid(root, key, f"level-{i}"),
+                instance_number=i + 1,
+                image_type=image_type,
+                samples=samples,
+                photometric=photometric,
+                codec=codec,
+                lossy=lossy,
+                optical_paths=paths,
+                focal_planes=planes,
+            )
+        )
 
     def open_writer(spec: md.ImageSpec, name: str, extended: bool) -> FrameWriter:
         dataset = md.build_dataset(spec, meta, ident, acquired)
@@ -231,20 +270,33 @@ def _convert_open(
         raise
     written = list(writer.written)
     if options.associated:
-        written += _write_associated(source, temp, template, ident, acquired, key, root,
-                                     len(plan), warnings)
+        written += _write_associated(
+            source, temp, template, ident, acquired, key, root, len(plan), warnings
+        )
     bytes_out = sum((temp / w.file).stat().st_size for w in written)
     return ConvertResult(
-        source=str(source.path), output="", format=meta.format, study_uid=ident.study_uid,
-        series_uid=ident.series_uid, seconds=0.0, bytes_in=_size(source.path),
+        source=str(source.path),
+        output="",
+        format=meta.format,
+        study_uid=ident.study_uid,
+        series_uid=ident.series_uid,
+        seconds=0.0,
+        bytes_in=_size(source.path),
         bytes_out=bytes_out,
-        instances=[{
-            "file": w.file, "type": "\\".join(w.spec.image_type), "how": w.how,
-            "width": w.spec.width, "height": w.spec.height, "frames": w.spec.frames,
-            "transfer_syntax": str(md.TRANSFER_SYNTAX[w.spec.codec]),
-            "photometric": w.spec.photometric,
-            "bytes": (temp / w.file).stat().st_size,
-        } for w in written],
+        instances=[
+            {
+                "file": w.file,
+                "type": "\\".join(w.spec.image_type),
+                "how": w.how,
+                "width": w.spec.width,
+                "height": w.spec.height,
+                "frames": w.spec.frames,
+                "transfer_syntax": str(md.TRANSFER_SYNTAX[w.spec.codec]),
+                "photometric": w.spec.photometric,
+                "bytes": (temp / w.file).stat().st_size,
+            }
+            for w in written
+        ],
         warnings=warnings,
     )
 
@@ -259,8 +311,15 @@ _NOMINAL_WIDTH_MM = {AssociatedKind.LABEL: 25.0, AssociatedKind.OVERVIEW: 76.0}
 
 
 def _write_associated(
-    source: SlideSource, temp: Path, template: md.ImageSpec, ident: md.Identity,
-    acquired: datetime, key: str, root: str, first_number: int, warnings: list[str],
+    source: SlideSource,
+    temp: Path,
+    template: md.ImageSpec,
+    ident: md.Identity,
+    acquired: datetime,
+    key: str,
+    root: str,
+    first_number: int,
+    warnings: list[str],
 ) -> list[WrittenInstance]:
     encoder = Encoder("jpeg", 95)
     out = []
@@ -276,16 +335,28 @@ def _write_associated(
         # JPEG needs even sides for 4:2:2; pad with white rather than crop the label.
         pixels = pad_tile(pixels, width + (width & 1), height + (height & 1))
         if image.kind is AssociatedKind.THUMBNAIL:
-            spacing = template.base_pixel_spacing_mm * template.base_width / width \
-                if template.base_pixel_spacing_mm else None
+            spacing = (
+                template.base_pixel_spacing_mm * template.base_width / width
+                if template.base_pixel_spacing_mm
+                else None
+            )
         else:
             spacing = _NOMINAL_WIDTH_MM[image.kind] / width
         spec = md.ImageSpec(
-            sop_instance_uid=make_uid(root, key, image.kind.value), instance_number=n,
-            image_type=_ASSOCIATED_TYPES[image.kind], width=width, height=height,
-            tile_width=pixels.shape[1], tile_height=pixels.shape[0], frames=1, samples=samples,
-            photometric=encoder.photometric(samples), codec=encoder.codec, lossy=True,
-            pixel_spacing_mm=spacing, base_width=template.base_width,
+            sop_instance_uid=make_uid(root, key, image.kind.value),
+            instance_number=n,
+            image_type=_ASSOCIATED_TYPES[image.kind],
+            width=width,
+            height=height,
+            tile_width=pixels.shape[1],
+            tile_height=pixels.shape[0],
+            frames=1,
+            samples=samples,
+            photometric=encoder.photometric(samples),
+            codec=encoder.codec,
+            lossy=True,
+            pixel_spacing_mm=spacing,
+            base_width=template.base_width,
             base_height=template.base_height,
             base_pixel_spacing_mm=template.base_pixel_spacing_mm,
         )

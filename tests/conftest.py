@@ -51,16 +51,16 @@ def dciodvfy_errors(path: Path) -> list[str]:
     """Lines starting with "Error" from dciodvfy -new (dicom3tools)."""
     tool = shutil.which("dciodvfy")
     need(tool is not None, "dciodvfy not installed (Debian package dicom3tools)")
-    out = subprocess.run([str(tool), "-new", str(path)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [str(tool), "-new", str(path)], capture_output=True, text=True, check=False
+    )
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 def dcentvfy_errors(paths: list[Path]) -> list[str]:
     tool = shutil.which("dcentvfy")
     need(tool is not None, "dcentvfy not installed (Debian package dicom3tools)")
-    out = subprocess.run([str(tool), *map(str, paths)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run([str(tool), *map(str, paths)], capture_output=True, text=True, check=False)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 

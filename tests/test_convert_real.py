@@ -18,7 +18,7 @@ import pytest
 import tifffile
 import wsidicom
 
-from edge.convert import ConvertOptions, ConvertResult, convert
+from edge.convert import ConvertResult, convert
 from edge.slide import j2k, jpeg
 from tests.conftest import dcentvfy_errors, dciodvfy_errors, real_file
 from tests.helpers import dicom_frames, dicom_mosaic, halve_times, psnr, read_level
@@ -136,8 +136,13 @@ def test_copied_levels_are_identical_to_the_source(
         sources = {}
         for f in src_dir.glob("*.dcm"):
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-            sources[(int(ds.get("TotalPixelMatrixColumns") or ds.Columns),
-                     int(ds.get("TotalPixelMatrixRows") or ds.Rows), int(ds.Columns))] = f
+            sources[
+                (
+                    int(ds.get("TotalPixelMatrixColumns") or ds.Columns),
+                    int(ds.get("TotalPixelMatrixRows") or ds.Rows),
+                    int(ds.Columns),
+                )
+            ] = f
         for inst in copied:
             ds = pydicom.dcmread(out / inst["file"], stop_before_pixels=True)
             src = sources[(inst["width"], inst["height"], int(ds.Columns))]

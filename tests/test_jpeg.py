@@ -23,8 +23,9 @@ def test_ycbcr_jfif_stream_is_labelled_ybr_422() -> None:
 
 
 def test_rgb_coded_stream_is_labelled_rgb() -> None:
-    data = bytes(imagecodecs.jpeg8_encode(_image(), level=90, colorspace="RGB",
-                                          outcolorspace="RGB"))
+    data = bytes(
+        imagecodecs.jpeg8_encode(_image(), level=90, colorspace="RGB", outcolorspace="RGB")
+    )
     info = jpeg.inspect(data)
     assert jpeg.photometric(info) == "RGB"
 

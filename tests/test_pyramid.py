@@ -36,8 +36,11 @@ def test_dyadic_fills_gaps_from_the_nearest_finer_level() -> None:
 
 
 def test_single_tile_levels_with_another_tile_size_are_rebuilt() -> None:
-    levels = [_level(0, 2220, 2967, 500), _level(1, 1110, 1483, 500),
-              Level(2, 277, 370, 277, 370, Codec.JPEG)]
+    levels = [
+        _level(0, 2220, 2967, 500),
+        _level(1, 1110, 1483, 500),
+        Level(2, 277, 370, 277, 370, Codec.JPEG),
+    ]
     plan = plan_pyramid(levels)
     assert [p.source for p in plan] == [0, 1, None, None]
     assert (plan[2].width, plan[2].height, plan[2].tile_width) == (555, 742, 500)
@@ -68,8 +71,9 @@ def test_downsampler_matches_whole_image_halving() -> None:
         got[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = pixels
 
     ds = Downsampler(parent, 3, emit)
-    padded = np.full((math.ceil(height / tile) * tile, math.ceil(width / tile) * tile, 3), 255,
-                     np.uint8)
+    padded = np.full(
+        (math.ceil(height / tile) * tile, math.ceil(width / tile) * tile, 3), 255, np.uint8
+    )
     padded[:height, :width] = image
     for row in range(padded.shape[0] // tile):
         for col in range(padded.shape[1] // tile):

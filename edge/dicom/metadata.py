@@ -39,9 +39,20 @@ LOSSY_METHOD = {
 
 # Patient/study attributes a sidecar or filename pattern may set (everything else is ours).
 PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "IssuerOfPatientID",
-    "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "SeriesDescription", "ContainerIdentifier",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDescription",
+    "ContainerIdentifier",
 )
 
 
@@ -166,8 +177,9 @@ def _series_equipment(ds: Dataset, slide: SlideMetadata, ident: Identity) -> Non
     contributor.Manufacturer = "edge appliance"
     contributor.ContributionDescription = f"Converted to DICOM WSI from {slide.format}"
     contributor.SoftwareVersions = __version__
-    contributor.PurposeOfReferenceCodeSequence = Sequence([_code("109103", "DCM",
-                                                                 "Modifying Equipment")])
+    contributor.PurposeOfReferenceCodeSequence = Sequence(
+        [_code("109103", "DCM", "Modifying Equipment")]
+    )
     ds.ContributingEquipmentSequence = Sequence([contributor])
 
 
@@ -216,9 +228,7 @@ def _image(ds: Dataset, spec: ImageSpec, acquired: datetime | None) -> None:
     ds.AcquisitionContextSequence = Sequence()
 
 
-def _functional_groups(
-    ds: Dataset, spec: ImageSpec, ident: Identity, slide: SlideMetadata
-) -> None:
+def _functional_groups(ds: Dataset, spec: ImageSpec, ident: Identity, slide: SlideMetadata) -> None:
     shared = Dataset()
     measures = Dataset()
     spacing = spec.pixel_spacing_mm or 0.001 * spec.base_width / max(spec.width, 1)
@@ -271,11 +281,11 @@ def _sanitised_path(carried: Dataset, spec: ImageSpec, slide: SlideMetadata) -> 
     if "IlluminationWaveLength" in item and not float(item.IlluminationWaveLength or 0) > 0:
         del item.IlluminationWaveLength  # vendors write 0 for "unknown"
     if "IlluminationWaveLength" not in item and "IlluminationColorCodeSequence" not in item:
-        item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT",
-                                                             "Full Spectrum")])
+        item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT", "Full Spectrum")])
     if "IlluminationTypeCodeSequence" not in item:
-        item.IlluminationTypeCodeSequence = Sequence([_code("111741", "DCM",
-                                                            "Transmission illumination")])
+        item.IlluminationTypeCodeSequence = Sequence(
+            [_code("111741", "DCM", "Transmission illumination")]
+        )
     if "PaletteColorLookupTableSequence" in item:
         del item.PaletteColorLookupTableSequence  # optional; 8-bit descriptors are invalid here
     if "ICCProfile" not in item and spec.samples == 3:
@@ -295,16 +305,17 @@ def _optical_path_items(spec: ImageSpec, slide: SlideMetadata) -> list[Dataset]:
     item.OpticalPathIdentifier = "1"
     item.OpticalPathDescription = path.description or "Brightfield"
     if path.illumination == "fluorescence":
-        item.IlluminationTypeCodeSequence = Sequence([_code("111743", "DCM",
-                                                            "Epifluorescence illumination")])
+        item.IlluminationTypeCodeSequence = Sequence(
+            [_code("111743", "DCM", "Epifluorescence illumination")]
+        )
     else:
-        item.IlluminationTypeCodeSequence = Sequence([_code("111741", "DCM",
-                                                            "Transmission illumination")])
+        item.IlluminationTypeCodeSequence = Sequence(
+            [_code("111741", "DCM", "Transmission illumination")]
+        )
     if path.wavelength_nm:
         item.IlluminationWaveLength = path.wavelength_nm
     else:
-        item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT",
-                                                             "Full Spectrum")])
+        item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT", "Full Spectrum")])
     if spec.samples == 3:
         item.ICCProfile = path.icc_profile or slide.icc_profile or srgb_profile()
     return [item]

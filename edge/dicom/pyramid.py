@@ -47,8 +47,11 @@ def plan_pyramid(levels: Sequence[Level], dyadic: bool = False) -> list[PlannedL
     kept = [level for level in levels if _keep(level, levels[0])]
     for i, level in enumerate(kept):
         nxt = kept[i + 1] if i + 1 < len(kept) else None
-        plan.append(PlannedLevel(level.width, level.height, level.tile_width,
-                                 level.tile_height, source=level.index))
+        plan.append(
+            PlannedLevel(
+                level.width, level.height, level.tile_width, level.tile_height, source=level.index
+            )
+        )
         parent = len(plan) - 1
         if level.optical_paths * level.focal_planes != 1:
             continue
@@ -61,8 +64,9 @@ def plan_pyramid(levels: Sequence[Level], dyadic: bool = False) -> list[PlannedL
             if nxt is None and _fits_one_tile(width, height, level.tile_width, level.tile_height):
                 break
             width, height = math.ceil(width / 2), math.ceil(height / 2)
-            plan.append(PlannedLevel(width, height, level.tile_width, level.tile_height,
-                                     parent=parent))
+            plan.append(
+                PlannedLevel(width, height, level.tile_width, level.tile_height, parent=parent)
+            )
             parent = len(plan) - 1
     return plan
 

@@ -54,8 +54,9 @@ class FrameWriter:
         try:
             dataset.file_meta = meta
             self._ratio_at = -1
-            self._frame_size = int(dataset.Rows) * int(dataset.Columns) * int(
-                dataset.SamplesPerPixel)
+            self._frame_size = (
+                int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel)
+            )
             if dataset.get("LossyImageCompression") == "01":
                 dataset.LossyImageCompressionRatio = _RATIO_PLACEHOLDER
             header = io.BytesIO()

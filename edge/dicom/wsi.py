@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +22,12 @@ from edge.slide.stream import StreamTile
 
 EXTENDED_OFFSETS_ABOVE = 3 << 30  # bytes of pixel data; BOT offsets are 32-bit
 
-_COPY_CODEC = {Codec.JPEG: "jpeg", Codec.JPEG2000: "jpeg2000", Codec.HTJ2K: "htj2k",
-               Codec.JPEGXL: "jpegxl"}
+_COPY_CODEC = {
+    Codec.JPEG: "jpeg",
+    Codec.JPEG2000: "jpeg2000",
+    Codec.HTJ2K: "htj2k",
+    Codec.JPEGXL: "jpegxl",
+}
 
 # Opens the FrameWriter for a spec (header building lives with the caller).
 OpenWriter = Callable[[ImageSpec, str, bool], FrameWriter]
@@ -65,8 +68,10 @@ def replicate_edges(tile: Pixels, valid_width: int, valid_height: int) -> Pixels
 
 def _valid(planned: PlannedLevel, col: int, row: int) -> tuple[int, int]:
     """Width and height of the image part of tile (col, row)."""
-    return (min(planned.tile_width, planned.width - col * planned.tile_width),
-            min(planned.tile_height, planned.height - row * planned.tile_height))
+    return (
+        min(planned.tile_width, planned.width - col * planned.tile_width),
+        min(planned.tile_height, planned.height - row * planned.tile_height),
+    )
 
 
 class WsiWriter:
@@ -110,7 +115,8 @@ class WsiWriter:
             if planned.parent == index:
                 self._start(child, "generated")
                 self._downsamplers[index] = Downsampler(
-                    self.plan[index], spec.samples, self._emitter(child))
+                    self.plan[index], spec.samples, self._emitter(child)
+                )
 
     def _estimate_bytes(self, index: int) -> int:
         planned = self.plan[index]
@@ -183,8 +189,11 @@ def spec_for_plan(
 ) -> ImageSpec:
     """A level's ImageSpec from the level-0 template: size, tiles and spacing scaled."""
     planned = plan[index]
-    spacing = (base.base_pixel_spacing_mm * base.base_width / planned.width
-               if base.base_pixel_spacing_mm else None)
+    spacing = (
+        base.base_pixel_spacing_mm * base.base_width / planned.width
+        if base.base_pixel_spacing_mm
+        else None
+    )
     return replace(
         base,
         width=planned.width,

@@ -46,10 +46,19 @@ _CODECS = {
 _NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Attributes carried over from the input when their values are valid.
-_CARRIED_TEXT = {"PatientName": 64, "PatientID": 64, "PatientBirthDate": 8, "PatientSex": 16,
-                 "AccessionNumber": 16, "StudyID": 16, "StudyDescription": 64,
-                 "ReferringPhysicianName": 64, "ContainerIdentifier": 64, "StudyDate": 8,
-                 "StudyTime": 14}
+_CARRIED_TEXT = {
+    "PatientName": 64,
+    "PatientID": 64,
+    "PatientBirthDate": 8,
+    "PatientSex": 16,
+    "AccessionNumber": 16,
+    "StudyID": 16,
+    "StudyDescription": 64,
+    "ReferringPhysicianName": 64,
+    "ContainerIdentifier": 64,
+    "StudyDate": 8,
+    "StudyTime": 14,
+}
 _CARRIED_UIDS = ("StudyInstanceUID", "FrameOfReferenceUID")
 
 
@@ -73,8 +82,11 @@ class _Instance:
         sop = str(ds.get("SOPClassUID", ""))
         if sop != WSI_SOP_CLASS:
             name = getattr(ds.get("SOPClassUID"), "name", sop) or "no SOP class"
-            raise UnsupportedInput(path, f"DICOM {name} is not a VL Whole Slide Microscopy "
-                                         "Image; only WSI series can be converted")
+            raise UnsupportedInput(
+                path,
+                f"DICOM {name} is not a VL Whole Slide Microscopy "
+                "Image; only WSI series can be converted",
+            )
         self.syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         image_type = [str(v).upper() for v in ds.get("ImageType", [])]
         self.flavor = image_type[2] if len(image_type) > 2 else "VOLUME"
@@ -87,8 +99,11 @@ class _Instance:
         self.planes = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
         organization = str(ds.get("DimensionOrganizationType", "TILED_FULL") or "TILED_FULL")
         if organization != "TILED_FULL" and self.frames > 1:
-            raise UnsupportedInput(path, f"DimensionOrganizationType {organization}: only "
-                                         "TILED_FULL series are supported for now")
+            raise UnsupportedInput(
+                path,
+                f"DimensionOrganizationType {organization}: only "
+                "TILED_FULL series are supported for now",
+            )
         if int(ds.get("BitsAllocated", 8)) != 8:
             raise UnsupportedInput(path, f"{ds.get('BitsAllocated')}-bit samples; expected 8")
         self._value_tell, self._length = self._pixel_data_value(*pixel_header)
@@ -108,8 +123,11 @@ class _Instance:
         if self.syntax in _NATIVE:
             size = self.rows * self.cols * self.samples
             if self._length < size * self.frames:
-                raise CorruptInput(self.path, f"pixel data holds {self._length:,} bytes; "
-                                              f"{self.frames} frames need {size * self.frames:,}")
+                raise CorruptInput(
+                    self.path,
+                    f"pixel data holds {self._length:,} bytes; "
+                    f"{self.frames} frames need {size * self.frames:,}",
+                )
             return [(self._value_tell + i * size, size) for i in range(self.frames)]
         fh.seek(self._value_tell)
         fragments: list[tuple[int, int]] = []
@@ -133,8 +151,9 @@ class _Instance:
             return fragments
         return self._group_fragments(fh, fragments)
 
-    def _group_fragments(self, fh: BinaryIO, fragments: list[tuple[int, int]]
-                         ) -> list[tuple[int, int]]:
+    def _group_fragments(
+        self, fh: BinaryIO, fragments: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
         """Frames split over fragments: a frame starts at each fragment opening with SOI/SOC."""
         starts = []
         for i, (offset, _) in enumerate(fragments):
@@ -142,8 +161,11 @@ class _Instance:
             if fh.read(2) in (jpeg.SOI, j2k.SOC):
                 starts.append(i)
         if len(starts) != self.frames:
-            raise CorruptInput(self.path, f"{len(fragments)} fragments hold {len(starts)} "
-                                          f"frames; NumberOfFrames says {self.frames}")
+            raise CorruptInput(
+                self.path,
+                f"{len(fragments)} fragments hold {len(starts)} "
+                f"frames; NumberOfFrames says {self.frames}",
+            )
         ranges = []
         for n, start in enumerate(starts):
             end = starts[n + 1] if n + 1 < len(starts) else len(fragments)
@@ -172,8 +194,9 @@ class DicomSlide:
 
     def __init__(self, path: Path, instances: list[_Instance]) -> None:
         self.path = path
-        volumes = sorted((i for i in instances if i.flavor == "VOLUME"),
-                         key=lambda i: -i.width * i.height)
+        volumes = sorted(
+            (i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.width * i.height
+        )
         if not volumes:
             raise UnsupportedInput(path, "the series has no VOLUME (pyramid level) instance")
         seen: set[tuple[int, int]] = set()
@@ -190,14 +213,18 @@ class DicomSlide:
         self.levels = tuple(levels)
         self._assoc: dict[AssociatedKind, _Instance] = {}
         for inst in instances:
-            kind = {"LABEL": AssociatedKind.LABEL, "OVERVIEW": AssociatedKind.OVERVIEW,
-                    "REGIONLOCALIZER": AssociatedKind.OVERVIEW,
-                    "THUMBNAIL": AssociatedKind.THUMBNAIL}.get(inst.flavor)
+            kind = {
+                "LABEL": AssociatedKind.LABEL,
+                "OVERVIEW": AssociatedKind.OVERVIEW,
+                "REGIONLOCALIZER": AssociatedKind.OVERVIEW,
+                "THUMBNAIL": AssociatedKind.THUMBNAIL,
+            }.get(inst.flavor)
             if kind is not None and kind not in self._assoc and inst.frames == 1:
                 check_associated(inst.path, kind.value.lower(), inst.cols, inst.rows)
                 self._assoc[kind] = inst
-        self.associated = tuple(AssociatedImage(k, i.cols, i.rows, min(i.samples, 3))
-                                for k, i in self._assoc.items())
+        self.associated = tuple(
+            AssociatedImage(k, i.cols, i.rows, min(i.samples, 3)) for k, i in self._assoc.items()
+        )
         self.metadata = _metadata(self._volumes[0])
 
     @classmethod
@@ -216,35 +243,44 @@ class DicomSlide:
             raise UnsupportedInput(path, "folder holds no DICOM WSI instance")
         series = {str(i.ds.get("SeriesInstanceUID", "")) for i in instances}
         if len(series) > 1:
-            raise UnsupportedInput(path, f"{len(series)} series in one folder; give one series "
-                                         "per slide")
+            raise UnsupportedInput(
+                path, f"{len(series)} series in one folder; give one series per slide"
+            )
         return cls(path, instances)
 
     def _level(self, index: int, inst: _Instance) -> Level:
         what = f"{inst.path.name}"
-        check_level_geometry(inst.path, what, inst.width, inst.height,
-                             max(inst.cols, 16), max(inst.rows, 16))
+        check_level_geometry(
+            inst.path, what, inst.width, inst.height, max(inst.cols, 16), max(inst.rows, 16)
+        )
         across, down = -(-inst.width // inst.cols), -(-inst.height // inst.rows)
         expected = across * down * inst.paths * inst.planes
         if inst.frames != expected:
-            raise CorruptInput(inst.path, f"NumberOfFrames is {inst.frames}; a TILED_FULL "
-                                          f"{inst.width}x{inst.height} matrix of "
-                                          f"{inst.cols}x{inst.rows} tiles needs {expected}")
+            raise CorruptInput(
+                inst.path,
+                f"NumberOfFrames is {inst.frames}; a TILED_FULL "
+                f"{inst.width}x{inst.height} matrix of "
+                f"{inst.cols}x{inst.rows} tiles needs {expected}",
+            )
         fh = self._handles[inst.path]
         ranges = inst.frame_ranges(fh)
         self._ranges[index] = ranges
         codec, lossy = _CODECS.get(inst.syntax, (None, True))
         photometric: str | None = None
         if codec is None and inst.syntax not in _NATIVE:
-            raise UnsupportedInput(inst.path, f"transfer syntax {inst.syntax} is not supported "
-                                              "(JPEG, JPEG 2000, HTJ2K or uncompressed)")
+            raise UnsupportedInput(
+                inst.path,
+                f"transfer syntax {inst.syntax} is not supported "
+                "(JPEG, JPEG 2000, HTJ2K or uncompressed)",
+            )
         if codec is not None:
             sample = inst.read_frame(fh, ranges[0])
             try:
                 if codec is Codec.JPEG:
                     info = jpeg.inspect(sample)
-                    photometric = jpeg.photometric(info, str(inst.ds.get(
-                        "PhotometricInterpretation", "")) == "RGB")
+                    photometric = jpeg.photometric(
+                        info, str(inst.ds.get("PhotometricInterpretation", "")) == "RGB"
+                    )
                     if not info.is_baseline:
                         codec = None
                 else:
@@ -253,10 +289,18 @@ class DicomSlide:
                 raise CorruptInput(inst.path, f"frame 1: {exc}") from exc
         lossy = lossy or str(inst.ds.get("LossyImageCompression", "00")) == "01"
         return Level(
-            index=index, width=inst.width, height=inst.height, tile_width=inst.cols,
-            tile_height=inst.rows, codec=codec or Codec.NONE, samples=inst.samples,
-            photometric=photometric, downsample=self._volumes[0].width / inst.width,
-            optical_paths=inst.paths, focal_planes=inst.planes, lossy=lossy,
+            index=index,
+            width=inst.width,
+            height=inst.height,
+            tile_width=inst.cols,
+            tile_height=inst.rows,
+            codec=codec or Codec.NONE,
+            samples=inst.samples,
+            photometric=photometric,
+            downsample=self._volumes[0].width / inst.width,
+            optical_paths=inst.paths,
+            focal_planes=inst.planes,
+            lossy=lossy,
             stored_bytes=sum(n for _, n in ranges if _ >= 0),
         )
 
@@ -337,10 +381,17 @@ def _metadata(inst: _Instance) -> SlideMetadata:
     if not isinstance(software, str):
         software = " ".join(str(v) for v in software)
     return SlideMetadata(
-        format="dicom", vendor=_text(ds, "Manufacturer"), model=_text(ds, "ManufacturerModelName"),
-        software=software[:64], serial_number=_text(ds, "DeviceSerialNumber"), mpp=mpp,
-        barcode=_text(ds, "BarcodeValue"), scan_datetime=acquired, icc_profile=icc,
-        optical_paths=(OpticalPath("1", icc_profile=icc),), dicom_attributes=carried,
+        format="dicom",
+        vendor=_text(ds, "Manufacturer"),
+        model=_text(ds, "ManufacturerModelName"),
+        software=software[:64],
+        serial_number=_text(ds, "DeviceSerialNumber"),
+        mpp=mpp,
+        barcode=_text(ds, "BarcodeValue"),
+        scan_datetime=acquired,
+        icc_profile=icc,
+        optical_paths=(OpticalPath("1", icc_profile=icc),),
+        dicom_attributes=carried,
     )
 
 

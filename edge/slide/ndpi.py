@@ -48,31 +48,47 @@ class NdpiSlide:
                 tile = min(OUTPUT_TILE, max(16, 1 << (max(page.imagewidth, 16) - 1).bit_length()))
                 check_level_geometry(path, what, page.imagewidth, page.imagelength, tile, tile)
                 if page.samplesperpixel not in (1, 3) or page.bitspersample != 8:
-                    raise UnsupportedInput(path, f"{what}: {page.samplesperpixel} samples of "
-                                                 f"{page.bitspersample} bits")
+                    raise UnsupportedInput(
+                        path, f"{what}: {page.samplesperpixel} samples of {page.bitspersample} bits"
+                    )
                 strip_pixels = page.imagewidth * (page.chunks[0] if page.chunks else 1)
                 if strip_pixels > MAX_STRIP_PIXELS:
-                    raise UnsupportedInput(path, f"{what} is one {page.imagewidth}x"
-                                                 f"{page.imagelength} JPEG without restart "
-                                                 "markers; too large to decode in one piece")
+                    raise UnsupportedInput(
+                        path,
+                        f"{what} is one {page.imagewidth}x"
+                        f"{page.imagelength} JPEG without restart "
+                        "markers; too large to decode in one piece",
+                    )
                 ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(
-                    page.databytecounts, np.int64)
+                    page.databytecounts, np.int64
+                )
                 if len(ends) and int(ends.max()) > size:
-                    raise CorruptInput(path, f"truncated: {what} data runs past the end of "
-                                             f"the file ({size:,} bytes)")
-                levels.append(Level(
-                    index=i, width=page.imagewidth, height=page.imagelength, tile_width=tile,
-                    tile_height=tile, codec=Codec.NONE, samples=page.samplesperpixel,
-                    downsample=base.imagewidth / page.imagewidth,
-                ))
+                    raise CorruptInput(
+                        path,
+                        f"truncated: {what} data runs past the end of the file ({size:,} bytes)",
+                    )
+                levels.append(
+                    Level(
+                        index=i,
+                        width=page.imagewidth,
+                        height=page.imagelength,
+                        tile_width=tile,
+                        tile_height=tile,
+                        codec=Codec.NONE,
+                        samples=page.samplesperpixel,
+                        downsample=base.imagewidth / page.imagewidth,
+                    )
+                )
             self.levels = tuple(levels)
             self._macro = next((s.keyframe for s in tif.series[1:] if s.name == "Macro"), None)
             self.associated: tuple[AssociatedImage, ...] = ()
             if self._macro is not None:
                 check_associated(path, "macro", self._macro.imagewidth, self._macro.imagelength)
-                self.associated = (AssociatedImage(AssociatedKind.OVERVIEW,
-                                                   self._macro.imagewidth,
-                                                   self._macro.imagelength),)
+                self.associated = (
+                    AssociatedImage(
+                        AssociatedKind.OVERVIEW, self._macro.imagewidth, self._macro.imagelength
+                    ),
+                )
             self.metadata = _metadata(base)
         except BaseException:
             self.close()
@@ -103,8 +119,9 @@ class NdpiSlide:
         try:
             array, _, _ = page.decode(raw, s, jpegheader=page.jpegheader)
         except Exception as exc:
-            raise CorruptInput(self.path, f"level {level.index} strip {s} does not decode: "
-                                          f"{exc}") from exc
+            raise CorruptInput(
+                self.path, f"level {level.index} strip {s} does not decode: {exc}"
+            ) from exc
         if array is None:
             raise CorruptInput(self.path, f"level {level.index} strip {s} is empty")
         return as_pixels(array)
@@ -140,15 +157,21 @@ def _metadata(page: Any) -> SlideMetadata:
         when = page.datetime if isinstance(page.datetime, datetime) else None
     fluorescence = str(tags.get("Fluorescence", "") or "")
     path = OpticalPath(
-        "1", fluorescence or "Brightfield",
+        "1",
+        fluorescence or "Brightfield",
         illumination="fluorescence" if fluorescence else "brightfield",
-        wavelength_nm=float(tags["Wavelength"]) if fluorescence and tags.get("Wavelength")
+        wavelength_nm=float(tags["Wavelength"])
+        if fluorescence and tags.get("Wavelength")
         else None,
     )
     return SlideMetadata(
-        format="hamamatsu-ndpi", vendor=str(tags.get("Make", "Hamamatsu")),
-        model=str(tags.get("Model", "")), software=str(tags.get("Software", "")),
-        serial_number=str(tags.get("ScannerSerialNumber", "")), mpp=mpp,
+        format="hamamatsu-ndpi",
+        vendor=str(tags.get("Make", "Hamamatsu")),
+        model=str(tags.get("Model", "")),
+        software=str(tags.get("Software", "")),
+        serial_number=str(tags.get("ScannerSerialNumber", "")),
+        mpp=mpp,
         magnification=float(tags["Magnification"]) if tags.get("Magnification") else None,
-        scan_datetime=when, optical_paths=(path,),
+        scan_datetime=when,
+        optical_paths=(path,),
     )

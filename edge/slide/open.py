@@ -13,7 +13,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def sniff(path: Path) -> str:
-    """"tiff", "dicom" or "dicom-folder" from content, not from the file name."""
+    """ "tiff", "dicom" or "dicom-folder" from content, not from the file name."""
     if path.is_dir():
         return "dicom-folder"
     try:

@@ -23,10 +23,15 @@ def tissue(width: int, height: int, seed: int = 0) -> npt.NDArray[np.uint8]:
     """An RGB image of pink stroma with purple nuclei on near-white glass."""
     rng = np.random.default_rng(seed)
     gh, gw = max(2, height // 64), max(2, width // 64)
-    coarse = rng.random((gh, gw)).astype(np.float32)
+    coarse: npt.NDArray[np.float64] = rng.random((gh, gw))
     for _ in range(3):  # smooth into blob-shaped tissue pieces
-        coarse = (coarse + np.roll(coarse, 1, 0) + np.roll(coarse, 1, 1)
-                  + np.roll(coarse, -1, 0) + np.roll(coarse, -1, 1)) / 5
+        coarse = (
+            coarse
+            + np.roll(coarse, 1, 0)
+            + np.roll(coarse, 1, 1)
+            + np.roll(coarse, -1, 0)
+            + np.roll(coarse, -1, 1)
+        ) / 5
     mask_small = coarse > np.quantile(coarse, 0.45)
     ys = (np.arange(height) * gh // height)[:, None]
     xs = (np.arange(width) * gw // width)[None, :]
@@ -87,40 +92,103 @@ def write_slide(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
         if fmt == "svs":
-            desc = (f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
-                    f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp / 4:g}|"
-                    f"MPP = {mpp:.4f}|Date = 11/27/26|Time = 09:30:00|"
-                    f"Filename = {path.stem}|Barcode = {barcode}")
-            tif.write(levels[0], tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
-                      description=desc, metadata=None, subfiletype=0)
+            desc = (
+                f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
+                f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp / 4:g}|"
+                f"MPP = {mpp:.4f}|Date = 11/27/26|Time = 09:30:00|"
+                f"Filename = {path.stem}|Barcode = {barcode}"
+            )
+            tif.write(
+                levels[0],
+                tile=(tile, tile),
+                compression="jpeg",
+                compressionargs=jpeg,
+                photometric="rgb",
+                description=desc,
+                metadata=None,
+                subfiletype=0,
+            )
             thumb = levels[-1]
-            tif.write(thumb, compression="jpeg", compressionargs=jpeg, photometric="rgb", metadata=None,
-                      description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
-                      f"{thumb.shape[1]}x{thumb.shape[0]} - ", subfiletype=0)
+            tif.write(
+                thumb,
+                compression="jpeg",
+                compressionargs=jpeg,
+                photometric="rgb",
+                metadata=None,
+                description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                f"{thumb.shape[1]}x{thumb.shape[0]} - ",
+                subfiletype=0,
+            )
             for level in levels[1:]:
-                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
-                          description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
-                          f"{level.shape[1]}x{level.shape[0]}", metadata=None, subfiletype=0)
+                tif.write(
+                    level,
+                    tile=(tile, tile),
+                    compression="jpeg",
+                    compressionargs=jpeg,
+                    photometric="rgb",
+                    description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                    f"{level.shape[1]}x{level.shape[0]}",
+                    metadata=None,
+                    subfiletype=0,
+                )
             label = np.full((400, 400, 3), 250, np.uint8)
             label[40:360:20, 40:360] = 20  # a barcode-like stripe pattern
-            tif.write(label, compression="lzw", photometric="rgb", metadata=None,
-                      description="Aperio Image Library v12.0.15\nlabel 400x400", subfiletype=1)
+            tif.write(
+                label,
+                compression="lzw",
+                photometric="rgb",
+                metadata=None,
+                description="Aperio Image Library v12.0.15\nlabel 400x400",
+                subfiletype=1,
+            )
             macro = _levels(levels[-1], 64)[0][:, :, :]
-            tif.write(macro, compression="jpeg", compressionargs=jpeg, photometric="rgb", metadata=None,
-                      description=f"Aperio Image Library v12.0.15\nmacro "
-                      f"{macro.shape[1]}x{macro.shape[0]}", subfiletype=9)
+            tif.write(
+                macro,
+                compression="jpeg",
+                compressionargs=jpeg,
+                photometric="rgb",
+                metadata=None,
+                description=f"Aperio Image Library v12.0.15\nmacro "
+                f"{macro.shape[1]}x{macro.shape[0]}",
+                subfiletype=9,
+            )
         elif fmt == "tiff":
             res = (1e4 / mpp, 1e4 / mpp)
             for i, level in enumerate(levels):
-                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
-                          resolution=(res[0] / 2**i, res[1] / 2**i), resolutionunit="CENTIMETER",
-                          subfiletype=0 if i == 0 else 1, metadata=None)
+                tif.write(
+                    level,
+                    tile=(tile, tile),
+                    compression="jpeg",
+                    compressionargs=jpeg,
+                    photometric="rgb",
+                    resolution=(res[0] / 2**i, res[1] / 2**i),
+                    resolutionunit="CENTIMETER",
+                    subfiletype=0 if i == 0 else 1,
+                    metadata=None,
+                )
         else:
-            tif.write(levels[0], tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
-                      subifds=len(levels) - 1,
-                      metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
-                                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+            tif.write(
+                levels[0],
+                tile=(tile, tile),
+                compression="jpeg",
+                compressionargs=jpeg,
+                photometric="rgb",
+                subifds=len(levels) - 1,
+                metadata={
+                    "axes": "YXS",
+                    "PhysicalSizeX": mpp,
+                    "PhysicalSizeY": mpp,
+                    "PhysicalSizeXUnit": "µm",
+                    "PhysicalSizeYUnit": "µm",
+                },
+            )
             for level in levels[1:]:
-                tif.write(level, tile=(tile, tile), compression="jpeg", compressionargs=jpeg, photometric="rgb",
-                          subfiletype=1)
+                tif.write(
+                    level,
+                    tile=(tile, tile),
+                    compression="jpeg",
+                    compressionargs=jpeg,
+                    photometric="rgb",
+                    subfiletype=1,
+                )
     return path

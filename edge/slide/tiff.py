@@ -60,7 +60,9 @@ class TiffSlide:
         self._assoc_pages: dict[AssociatedKind, Any] = {}
         try:
             fmt, level_pages, assoc = self._classify()
-            self.levels = tuple(self._make_level(i, p, level_pages[0]) for i, p in enumerate(level_pages))
+            self.levels = tuple(
+                self._make_level(i, p, level_pages[0]) for i, p in enumerate(level_pages)
+            )
             self._pages = level_pages
             self._assoc_pages = dict(assoc)
             self.associated = tuple(self._make_associated(kind, page) for kind, page in assoc)
@@ -83,8 +85,11 @@ class TiffSlide:
         if tif.is_svs:
             levels = [lvl.keyframe for lvl in tif.series[0].levels]
             for series in tif.series[1:]:
-                kind = {"Thumbnail": AssociatedKind.THUMBNAIL, "Label": AssociatedKind.LABEL,
-                        "Macro": AssociatedKind.OVERVIEW}.get(series.name)
+                kind = {
+                    "Thumbnail": AssociatedKind.THUMBNAIL,
+                    "Label": AssociatedKind.LABEL,
+                    "Macro": AssociatedKind.OVERVIEW,
+                }.get(series.name)
                 if kind:
                     assoc.append((kind, series.keyframe))
             return "aperio-svs", levels, assoc
@@ -105,7 +110,7 @@ class TiffSlide:
         return "generic-tiff", *self._generic_pages()
 
     def _generic_pages(self) -> tuple[list[Any], list[tuple[AssociatedKind, Any]]]:
-        pages = list(self._tif.pages)
+        pages: list[Any] = list(self._tif.pages)
         base = pages[0]
         if not base.is_tiled:
             raise UnsupportedInput(
@@ -120,13 +125,20 @@ class TiffSlide:
         ratio = base.imagewidth / base.imagelength
         for page in pages[1:]:
             same_shape = abs(page.imagewidth / page.imagelength - ratio) < 0.02 * ratio
-            if (page.is_tiled and same_shape and page.samplesperpixel == base.samplesperpixel
-                    and page.imagewidth < levels[-1].imagewidth):
+            if (
+                page.is_tiled
+                and same_shape
+                and page.samplesperpixel == base.samplesperpixel
+                and page.imagewidth < levels[-1].imagewidth
+            ):
                 levels.append(page)
                 continue
             kind = _kind_from_name(page.description)
-            if kind is None and not page.is_tiled and not any(
-                    k is AssociatedKind.THUMBNAIL for k, _ in assoc):
+            if (
+                kind is None
+                and not page.is_tiled
+                and not any(k is AssociatedKind.THUMBNAIL for k, _ in assoc)
+            ):
                 kind = AssociatedKind.THUMBNAIL
             if kind is not None and not any(k is kind for k, _ in assoc):
                 assoc.append((kind, page))
@@ -167,7 +179,9 @@ class TiffSlide:
     def _check_offsets(self, what: str, page: Any) -> None:
         offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         counts = np.asarray(page.databytecounts, dtype=np.int64)
-        expected = (-(-page.imagewidth // page.tilewidth)) * (-(-page.imagelength // page.tilelength))
+        expected = (-(-page.imagewidth // page.tilewidth)) * (
+            -(-page.imagelength // page.tilelength)
+        )
         if len(offsets) != expected or len(counts) != expected:
             raise CorruptInput(
                 self.path, f"{what} lists {len(offsets)} tiles; its size needs {expected}"
@@ -190,12 +204,14 @@ class TiffSlide:
         if compression == _JPEG:
             try:
                 rgb = int(page.photometric) == 2
-                info = jpeg.inspect((page.jpegtables or b"")[:-2] + sample[2:]
-                                    if page.jpegtables else sample)
+                info = jpeg.inspect(
+                    (page.jpegtables or b"")[:-2] + sample[2:] if page.jpegtables else sample
+                )
                 if not info.is_baseline:
                     return Codec.NONE, None
                 self._prefix[index] = jpeg.frame_prefix(
-                    page.jpegtables, jpeg.needs_rgb_marker(info, rgb))
+                    page.jpegtables, jpeg.needs_rgb_marker(info, rgb)
+                )
                 photometric = jpeg.photometric(info, rgb)
             except jpeg.JpegFormatError as exc:
                 raise CorruptInput(self.path, f"{what} tile {first}: {exc}") from exc
@@ -206,15 +222,18 @@ class TiffSlide:
             except j2k.J2kFormatError as exc:
                 raise CorruptInput(self.path, f"{what} tile {first}: {exc}") from exc
             if compression in _J2K_COPYABLE and info2.precision == 8:
-                return (Codec.HTJ2K if info2.high_throughput else Codec.JPEG2000,
-                        info2.photometric())
+                return (
+                    Codec.HTJ2K if info2.high_throughput else Codec.JPEG2000,
+                    info2.photometric(),
+                )
             return Codec.NONE, None
         return Codec.NONE, None
 
     def _make_associated(self, kind: AssociatedKind, page: Any) -> AssociatedImage:
         check_associated(self.path, kind.value.lower(), page.imagewidth, page.imagelength)
-        return AssociatedImage(kind, page.imagewidth, page.imagelength,
-                               min(page.samplesperpixel, 3))
+        return AssociatedImage(
+            kind, page.imagewidth, page.imagelength, min(page.samplesperpixel, 3)
+        )
 
     def _metadata(self, fmt: str, base: Any) -> SlideMetadata:
         icc_tag = base.tags.get(34675)
@@ -223,21 +242,27 @@ class TiffSlide:
         if fmt == "aperio-svs":
             props = aperio.parse_description(base.description)
             return SlideMetadata(
-                format=fmt, vendor="Aperio", model=props.get("ScanScope ID", ""),
+                format=fmt,
+                vendor="Aperio",
+                model=props.get("ScanScope ID", ""),
                 software=props["header"].splitlines()[0].strip(),
                 serial_number=props.get("ScanScope ID", ""),
                 mpp=aperio.as_float(props.get("MPP")),
                 magnification=aperio.as_float(props.get("AppMag")),
                 barcode=props.get("Barcode", ""),
-                scan_datetime=aperio.scan_datetime(props), icc_profile=icc,
+                scan_datetime=aperio.scan_datetime(props),
+                icc_profile=icc,
                 optical_paths=(OpticalPath("1", "Brightfield", icc_profile=icc),),
                 description=props.get("Filename", ""),
             )
         mpp = _ome_mpp(base.description) if fmt == "ome-tiff" else _resolution_mpp(base)
         return SlideMetadata(
-            format=fmt, vendor=str(base.tags.get(271).value if 271 in base.tags else ""),
+            format=fmt,
+            vendor=str(base.tags.get(271).value if 271 in base.tags else ""),
             model=str(base.tags.get(272).value if 272 in base.tags else ""),
-            software=software, mpp=mpp, icc_profile=icc,
+            software=software,
+            mpp=mpp,
+            icc_profile=icc,
             optical_paths=(OpticalPath("1", "Brightfield", icc_profile=icc),),
         )
 
@@ -288,8 +313,9 @@ class TiffSlide:
         white = np.full((level.tile_height, level.tile_width, level.samples), 255, np.uint8)
         if level.codec is Codec.JPEG:
             if level.photometric == "RGB":
-                return bytes(imagecodecs.jpeg8_encode(white, level=95, colorspace="RGB",
-                                                      outcolorspace="RGB"))
+                return bytes(
+                    imagecodecs.jpeg8_encode(white, level=95, colorspace="RGB", outcolorspace="RGB")
+                )
             return bytes(imagecodecs.jpeg8_encode(white, level=95))
         return bytes(imagecodecs.jpeg2k_encode(white, level=0))
 
@@ -315,7 +341,9 @@ class TiffSlide:
         try:
             array = page.asarray()
         except Exception as exc:
-            raise CorruptInput(self.path, f"{kind.value.lower()} image does not decode: {exc}") from exc
+            raise CorruptInput(
+                self.path, f"{kind.value.lower()} image does not decode: {exc}"
+            ) from exc
         pixels = as_pixels(array)
         return pixels[:, :, :3] if pixels.shape[2] > 3 else pixels
 
@@ -328,8 +356,10 @@ class TiffSlide:
 
 def _tile_problem(level: Level, index: int, codec: str) -> str:
     col, row = index % level.tiles_across, index // level.tiles_across
-    return (f"level {level.index} tile {index} (column {col}, row {row}) is not a complete "
-            f"{codec} stream: damaged or truncated tile data")
+    return (
+        f"level {level.index} tile {index} (column {col}, row {row}) is not a complete "
+        f"{codec} stream: damaged or truncated tile data"
+    )
 
 
 def _read_coalesced(fd: int, offsets: Any, counts: Any) -> Iterator[tuple[int, memoryview]]:
@@ -396,5 +426,5 @@ def _ycbcr_to_rgb(pixels: Pixels) -> Pixels:
     ycc = pixels.astype(np.float32)
     y, cb, cr = ycc[..., 0], ycc[..., 1] - 128.0, ycc[..., 2] - 128.0
     rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
+    out: Pixels = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return out
