@@ -1,4 +1,4 @@
-"""Command line: `edge convert` (more subcommands arrive with the daemon)."""
+"""Command line: `edge convert` and `edge synth` (more subcommands arrive with the daemon)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
+from edge.slide.synthetic import FORMATS as SYNTH_FORMATS
+from edge.slide.synthetic import write_slide
 
 EXIT_OK, EXIT_INPUT = 0, 2
 
@@ -85,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    synth = sub.add_parser(
+        "synth",
+        help="write a synthetic test slide",
+        description="Write a synthetic H&E-like pyramidal slide, for trying the appliance "
+        "end to end before the first patient slide.",
+    )
+    synth.add_argument("-o", "--output", type=Path, required=True, metavar="PATH")
+    synth.add_argument("--size", default="4096x3072", help="WIDTHxHEIGHT (default 4096x3072)")
+    synth.add_argument("--format", choices=SYNTH_FORMATS, default="svs")
+    synth.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -174,6 +187,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_INPUT if failures else EXIT_OK
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    try:
+        width, _, height = args.size.lower().partition("x")
+        path = write_slide(args.output, int(width), int(height), args.format, seed=args.seed)
+    except ValueError as exc:
+        print(f"edge synth: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"wrote {path} ({args.size}, {args.format})")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -181,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # per-value complaints would bury the one line that matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pydicom")
-    if args.command == "convert":
-        return cmd_convert(args)
-    return EXIT_INPUT
+    commands = {"convert": cmd_convert, "synth": cmd_synth}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

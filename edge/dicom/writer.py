@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmwrite
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from edge.errors import OutputError
@@ -28,6 +30,17 @@ _RATIO_PLACEHOLDER = "9999999999999999"
 _RATIO_ELEMENT = b"\x28\x00\x12\x21DS\x10\x00" + _RATIO_PLACEHOLDER.encode()
 BOT_LIMIT = 0xFFFFFFFF
 WRITE_BUFFER = 4 << 20
+
+
+def encode_header(dataset: Dataset, meta: FileMetaDataset) -> bytes:
+    """Preamble, file meta and the dataset (explicit VR little endian, as every encapsulated
+    syntax is). Written in two parts because pydicom 3.0 refuses transfer syntaxes it does not
+    know yet (JPEG XL), although the dataset encoding is the same."""
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(DicomFileLike(out), meta, enforce_standard=True)
+    dcmwrite(out, dataset, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    return out.getvalue()
 
 
 class FrameWriter:
@@ -52,16 +65,13 @@ class FrameWriter:
         self._position = 0  # bytes of fragments written after the offset table item
         self._fh: BinaryIO = path.open("wb", buffering=WRITE_BUFFER)
         try:
-            dataset.file_meta = meta
             self._ratio_at = -1
             self._frame_size = (
                 int(dataset.Rows) * int(dataset.Columns) * int(dataset.SamplesPerPixel)
             )
             if dataset.get("LossyImageCompression") == "01":
                 dataset.LossyImageCompressionRatio = _RATIO_PLACEHOLDER
-            header = io.BytesIO()
-            dcmwrite(header, dataset, enforce_file_format=True)
-            head = header.getvalue()
+            head = encode_header(dataset, meta)
             if "LossyImageCompressionRatio" in dataset:
                 self._ratio_at = head.index(_RATIO_ELEMENT) + 8
             self._fh.write(head)

@@ -17,32 +17,36 @@ from edge.dicom.pyramid import halve
 
 FORMATS = ("svs", "tiff", "ome-tiff")
 MAX_SIDE = 16384  # built in memory
+Field = npt.NDArray[np.float64]
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cell: int) -> Field:
+    """Value noise: a random grid every `cell` pixels, bilinearly interpolated."""
+    gh, gw = height // cell + 2, width // cell + 2
+    grid = rng.random((gh, gw))
+    ys = np.arange(height) / cell
+    xs = np.arange(width) / cell
+    rows = np.stack([np.interp(xs, np.arange(gw), grid[r]) for r in range(gh)])
+    out: Field = np.stack([np.interp(ys, np.arange(gh), rows[:, c]) for c in range(width)], 1)
+    return out
 
 
 def tissue(width: int, height: int, seed: int = 0) -> npt.NDArray[np.uint8]:
     """An RGB image of pink stroma with purple nuclei on near-white glass."""
     rng = np.random.default_rng(seed)
-    gh, gw = max(2, height // 64), max(2, width // 64)
-    coarse: npt.NDArray[np.float64] = rng.random((gh, gw))
-    for _ in range(3):  # smooth into blob-shaped tissue pieces
-        coarse = (
-            coarse
-            + np.roll(coarse, 1, 0)
-            + np.roll(coarse, 1, 1)
-            + np.roll(coarse, -1, 0)
-            + np.roll(coarse, -1, 1)
-        ) / 5
-    mask_small = coarse > np.quantile(coarse, 0.45)
-    ys = (np.arange(height) * gh // height)[:, None]
-    xs = (np.arange(width) * gw // width)[None, :]
-    mask = mask_small[ys, xs]
+    # Tissue shape and shading at 1/4 scale (smooth at any zoom a viewer shows), then upsized.
+    sh, sw = -(-height // 4), -(-width // 4)
+    field = _smooth_field(rng, sh, sw, 96) + 0.5 * _smooth_field(rng, sh, sw, 24)
+    mask_small = field > np.quantile(field, 0.5)
+    shade_small = 0.82 + 0.18 * _smooth_field(rng, sh, sw, 12)
+    mask = np.repeat(np.repeat(mask_small, 4, 0), 4, 1)[:height, :width]
+    shade = np.repeat(np.repeat(shade_small.astype(np.float32), 4, 0), 4, 1)[:height, :width]
     img = np.empty((height, width, 3), np.uint8)
     img[...] = (242, 240, 244)
     stroma = np.array([222, 150, 190], np.float32)
-    shade = 0.85 + 0.15 * rng.random((gh, gw)).astype(np.float32)
-    texture = stroma[None, None, :] * shade[ys, xs][..., None]
-    noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
-    img[mask] = np.clip(texture + noise, 0, 255).astype(np.uint8)[mask]
+    texture = stroma[None, None, :] * shade[..., None]
+    texture += rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    img[mask] = np.clip(texture, 0, 255).astype(np.uint8)[mask]
     n_nuclei = int(width * height / 900 * mask.mean())
     cy = rng.integers(0, height, n_nuclei)
     cx = rng.integers(0, width, n_nuclei)
