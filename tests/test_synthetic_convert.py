@@ -64,11 +64,13 @@ def test_rerun_gives_the_same_uids_and_replaces_the_output(
     synthetic_tiff: Path, out_dir: Path
 ) -> None:
     first = convert(synthetic_tiff, out_dir)
-    uids1 = [pydicom.dcmread(Path(first.output) / i["file"]).SOPInstanceUID
-             for i in first.instances]
+    uids1 = [
+        pydicom.dcmread(Path(first.output) / i["file"]).SOPInstanceUID for i in first.instances
+    ]
     second = convert(synthetic_tiff, out_dir)
-    uids2 = [pydicom.dcmread(Path(second.output) / i["file"]).SOPInstanceUID
-             for i in second.instances]
+    uids2 = [
+        pydicom.dcmread(Path(second.output) / i["file"]).SOPInstanceUID for i in second.instances
+    ]
     assert first.study_uid == second.study_uid and first.series_uid == second.series_uid
     assert uids1 == uids2
     assert sorted(p.name for p in out_dir.iterdir()) == [Path(first.output).name]
@@ -93,8 +95,7 @@ def test_sidecar_sets_patient_and_study(tmp_path: Path, synthetic_tiff: Path) ->
     )
     result = convert(slide, tmp_path / "out")
     ds = pydicom.dcmread(Path(result.output) / "level-00.dcm", stop_before_pixels=True)
-    assert (str(ds.PatientName), ds.PatientID, ds.AccessionNumber) == ("Doe^Jane", "P123",
-                                                                       "S26-42")
+    assert (str(ds.PatientName), ds.PatientID, ds.AccessionNumber) == ("Doe^Jane", "P123", "S26-42")
     assert dciodvfy_errors(Path(result.output) / "level-00.dcm") == []
 
 

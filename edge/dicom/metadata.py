@@ -125,7 +125,7 @@ def file_meta(spec: ImageSpec) -> FileMetaDataset:
 
 
 def build_dataset(
-    spec: ImageSpec, slide: SlideMetadata, ident: Identity, acquired: datetime | None
+    spec: ImageSpec, slide: SlideMetadata, ident: Identity, acquired: datetime
 ) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
