@@ -19,7 +19,6 @@ from edge.errors import OutputError
 from edge.slide.model import SlideMetadata
 from tests.conftest import dciodvfy_errors
 
-
 WHEN = datetime(2026, 11, 27, 9, 30)
 
 

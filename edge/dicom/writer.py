@@ -15,9 +15,9 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
-from pydicom.dataset import Dataset, FileMetaDataset
 
 from edge.errors import OutputError
 
