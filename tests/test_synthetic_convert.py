@@ -145,3 +145,51 @@ def test_slide_source_streams_every_frame_once(synthetic_svs: Path) -> None:
             assert indices == list(range(level.frame_count))
     finally:
         source.close()
+
+
+def test_aperio_33003_ycbcr_jpeg2000_is_converted_to_rgb(tmp_path: Path) -> None:
+    """Aperio 33003 tiles hold YCbCr without the J2K colour transform: decode, convert, encode."""
+    import imagecodecs
+
+    from edge.slide.synthetic import tissue
+    from tests.helpers import psnr
+
+    rgb = tissue(512, 512, seed=4)
+    f = rgb.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    ycc = np.stack(
+        [
+            0.299 * r + 0.587 * g + 0.114 * b,
+            128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+            128 + 0.5 * r - 0.418688 * g - 0.081312 * b,
+        ],
+        -1,
+    )
+    ycc8 = np.clip(np.rint(ycc), 0, 255).astype(np.uint8)
+    tiles = [
+        bytes(
+            imagecodecs.jpeg2k_encode(
+                ycc8[y : y + 256, x : x + 256], codecformat="J2K", reversible=True, mct=False
+            )
+        )
+        for y in (0, 256)
+        for x in (0, 256)
+    ]
+    src = tmp_path / "ycc.svs"
+    tifffile.imwrite(
+        src,
+        iter(tiles),
+        shape=(512, 512, 3),
+        dtype="uint8",
+        tile=(256, 256),
+        compression=33003,
+        photometric="rgb",
+        metadata=None,
+        description="Aperio Image Library v12.0.15 \r\n512x512 (256x256) "
+        "J2K/YUV16|AppMag = 20|MPP = 0.5",
+    )
+    result = convert(src, tmp_path / "out")
+    assert result.instances[0]["how"] == "re-encoded"
+    out = Path(result.output) / "level-00.dcm"
+    assert psnr(dicom_mosaic(out), rgb) > 40
+    assert dciodvfy_errors(out) == []
