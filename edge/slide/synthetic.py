@@ -8,6 +8,7 @@ ground truth) builds on this; large benchmark slides come from tools/make_big_sv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -92,48 +93,47 @@ def write_slide(
     # Aperio keeps every 4th level; the other writers keep the full 2x pyramid.
     if fmt == "svs":
         levels = levels[::2]
-    jpeg = {"level": quality}
     path.parent.mkdir(parents=True, exist_ok=True)
+    banner = "Aperio Image Library v12.0.15"
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif:
-        if fmt == "svs":
-            desc = (
-                f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
-                f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {10 / mpp / 4:g}|"
-                f"MPP = {mpp:.4f}|Date = 11/27/26|Time = 09:30:00|"
-                f"Filename = {path.stem}|Barcode = {barcode}"
-            )
+
+        def put(
+            image: npt.NDArray[np.uint8],
+            tiled: bool = True,
+            metadata: dict[str, object] | None = None,
+            **tags: Any,
+        ) -> None:
             tif.write(
-                levels[0],
-                tile=(tile, tile),
+                image,
+                tile=(tile, tile) if tiled else None,
                 compression="jpeg",
-                compressionargs=jpeg,
+                compressionargs={"level": quality},
                 photometric="rgb",
-                description=desc,
-                metadata=None,
-                subfiletype=0,
+                metadata=metadata,
+                **tags,
+            )
+
+        if fmt == "svs":
+            put(
+                levels[0],
+                description=(
+                    f"{banner} \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+                    f"JPEG/RGB Q={quality}|AppMag = {10 / mpp / 4:g}|MPP = {mpp:.4f}|"
+                    f"Date = 11/27/26|Time = 09:30:00|Filename = {path.stem}|Barcode = {barcode}"
+                ),
             )
             thumb = levels[-1]
-            tif.write(
+            put(
                 thumb,
-                compression="jpeg",
-                compressionargs=jpeg,
-                photometric="rgb",
-                metadata=None,
-                description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                tiled=False,
+                description=f"{banner} \r\n{width}x{height} -> "
                 f"{thumb.shape[1]}x{thumb.shape[0]} - ",
-                subfiletype=0,
             )
             for level in levels[1:]:
-                tif.write(
+                put(
                     level,
-                    tile=(tile, tile),
-                    compression="jpeg",
-                    compressionargs=jpeg,
-                    photometric="rgb",
-                    description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                    description=f"{banner} \r\n{width}x{height} -> "
                     f"{level.shape[1]}x{level.shape[0]}",
-                    metadata=None,
-                    subfiletype=0,
                 )
             label = np.full((400, 400, 3), 250, np.uint8)
             label[40:360:20, 40:360] = 20  # a barcode-like stripe pattern
@@ -142,41 +142,27 @@ def write_slide(
                 compression="lzw",
                 photometric="rgb",
                 metadata=None,
-                description="Aperio Image Library v12.0.15\nlabel 400x400",
+                description=f"{banner}\nlabel 400x400",
                 subfiletype=1,
             )
-            macro = _levels(levels[-1], 64)[0][:, :, :]
-            tif.write(
-                macro,
-                compression="jpeg",
-                compressionargs=jpeg,
-                photometric="rgb",
-                metadata=None,
-                description=f"Aperio Image Library v12.0.15\nmacro "
-                f"{macro.shape[1]}x{macro.shape[0]}",
+            put(
+                thumb,
+                tiled=False,
                 subfiletype=9,
+                description=f"{banner}\nmacro {thumb.shape[1]}x{thumb.shape[0]}",
             )
         elif fmt == "tiff":
-            res = (1e4 / mpp, 1e4 / mpp)
             for i, level in enumerate(levels):
-                tif.write(
+                res = 1e4 / mpp / 2**i
+                put(
                     level,
-                    tile=(tile, tile),
-                    compression="jpeg",
-                    compressionargs=jpeg,
-                    photometric="rgb",
-                    resolution=(res[0] / 2**i, res[1] / 2**i),
+                    resolution=(res, res),
                     resolutionunit="CENTIMETER",
                     subfiletype=0 if i == 0 else 1,
-                    metadata=None,
                 )
         else:
-            tif.write(
+            put(
                 levels[0],
-                tile=(tile, tile),
-                compression="jpeg",
-                compressionargs=jpeg,
-                photometric="rgb",
                 subifds=len(levels) - 1,
                 metadata={
                     "axes": "YXS",
@@ -187,12 +173,5 @@ def write_slide(
                 },
             )
             for level in levels[1:]:
-                tif.write(
-                    level,
-                    tile=(tile, tile),
-                    compression="jpeg",
-                    compressionargs=jpeg,
-                    photometric="rgb",
-                    subfiletype=1,
-                )
+                put(level, subfiletype=1)
     return path
