@@ -156,8 +156,13 @@ def _write_aperio_layout(pyramid: Path, out: Path, tile: int, quality: int, seed
 
 
 def make_svs(out: Path, size: int, tile: int, quality: int, seed: int) -> None:
-    """Render the pyramid with libvips into a temporary TIFF, then re-lay it out as SVS."""
+    """Render the pyramid with libvips into a temporary TIFF, then re-lay it out as SVS.
+
+    `out` only appears once complete, so an interrupted run never leaves a truncated
+    slide behind for the benchmark's cache to pick up.
+    """
     pyramid = out.with_name(f".{out.name}.pyramid.tif")
+    partial = out.with_name(f".{out.name}.partial")
     try:
         tissue_image(size, seed).copy(interpretation="srgb").tiffsave(
             str(pyramid),
@@ -170,9 +175,11 @@ def make_svs(out: Path, size: int, tile: int, quality: int, seed: int) -> None:
             subifd=False,
             bigtiff=True,
         )
-        _write_aperio_layout(pyramid, out, tile, quality, seed)
+        _write_aperio_layout(pyramid, partial, tile, quality, seed)
+        partial.replace(out)
     finally:
         pyramid.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
