@@ -7,6 +7,8 @@ valid. Patient, study, specimen and optical path attributes are carried over whe
 
 from __future__ import annotations
 
+import copy
+import io
 import re
 import struct
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence
 
-from edge.errors import CorruptInput, UnsupportedInput
+from edge.errors import CorruptInput, InputError, UnsupportedInput
 from edge.slide import j2k, jpeg
 from edge.slide.limits import check_associated, check_level_geometry
 from edge.slide.model import (
@@ -106,6 +109,10 @@ class _Instance:
             )
         if int(ds.get("BitsAllocated", 8)) != 8:
             raise UnsupportedInput(path, f"{ds.get('BitsAllocated')}-bit samples; expected 8")
+        if self.samples not in (1, 3):
+            raise UnsupportedInput(
+                path, f"SamplesPerPixel is {self.samples}; expected 1 (grey) or 3 (colour)"
+            )
         self._value_tell, self._length = self._pixel_data_value(*pixel_header)
 
     def _pixel_data_value(self, at: int, head: bytes) -> tuple[int, int]:
@@ -278,13 +285,24 @@ class DicomSlide:
             try:
                 if codec is Codec.JPEG:
                     info = jpeg.inspect(sample)
+                    if len(info.components) != inst.samples:
+                        raise jpeg.JpegFormatError(
+                            f"{len(info.components)} colour components; SamplesPerPixel is "
+                            f"{inst.samples}"
+                        )
                     photometric = jpeg.photometric(
                         info, str(inst.ds.get("PhotometricInterpretation", "")) == "RGB"
                     )
                     if not info.is_baseline:
                         codec = None
                 else:
-                    photometric = j2k.inspect(sample).photometric()
+                    info2 = j2k.inspect(sample)
+                    if info2.components != inst.samples:
+                        raise j2k.J2kFormatError(
+                            f"{info2.components} colour components; SamplesPerPixel is "
+                            f"{inst.samples}"
+                        )
+                    photometric = info2.photometric()
             except (jpeg.JpegFormatError, j2k.J2kFormatError) as exc:
                 raise CorruptInput(inst.path, f"frame 1: {exc}") from exc
         lossy = lossy or str(inst.ds.get("LossyImageCompression", "00")) == "01"
@@ -320,14 +338,24 @@ class DicomSlide:
                 array = np.frombuffer(data, np.uint8).reshape(inst.rows, inst.cols, inst.samples)
                 if str(inst.ds.get("PhotometricInterpretation")) == "YBR_FULL":
                     raise UnsupportedInput(inst.path, "uncompressed YBR_FULL frames")
-                return as_pixels(array)
-            if data[:2] == jpeg.SOI:
-                return as_pixels(imagecodecs.jpeg8_decode(data))
-            return as_pixels(imagecodecs.jpeg2k_decode(data))
-        except (UnsupportedInput, CorruptInput):
-            raise
+                pixels = as_pixels(array)
+            elif data[:2] == jpeg.SOI:
+                pixels = as_pixels(imagecodecs.jpeg8_decode(data))
+            else:
+                pixels = as_pixels(imagecodecs.jpeg2k_decode(data))
+        except InputError as exc:
+            if exc.path:
+                raise
+            raise type(exc)(inst.path, f"frame {index + 1}: {exc.problem}") from exc
         except Exception as exc:
             raise CorruptInput(inst.path, f"frame {index + 1} does not decode: {exc}") from exc
+        if pixels.shape[2] != inst.samples:
+            raise CorruptInput(
+                inst.path,
+                f"frame {index + 1} decodes to {pixels.shape[2]} samples per pixel; "
+                f"SamplesPerPixel is {inst.samples}",
+            )
+        return pixels
 
     def decode(self, frame: Frame) -> Pixels:
         if frame.pixels is not None:
@@ -359,7 +387,12 @@ def _metadata(inst: _Instance) -> SlideMetadata:
         if _valid_uid(ds.get(keyword)):
             carried[keyword] = str(ds.get(keyword))
     paths = ds.get("OpticalPathSequence")
-    if paths and len(paths) == inst.paths:
+    if (
+        paths
+        and len(paths) == inst.paths
+        and all("OpticalPathIdentifier" in p for p in paths)
+        and _encodable(paths)
+    ):
         carried["OpticalPathSequence"] = paths
     mpp = None
     try:
@@ -393,6 +426,17 @@ def _metadata(inst: _Instance) -> SlideMetadata:
         optical_paths=(OpticalPath("1", icc_profile=icc),),
         dicom_attributes=carried,
     )
+
+
+def _encodable(items: Any) -> bool:
+    """False for items damaged beyond writing back (bytes where a VR or text belongs)."""
+    probe = Dataset()
+    probe.OpticalPathSequence = Sequence(copy.deepcopy(item) for item in items)
+    try:
+        pydicom.dcmwrite(io.BytesIO(), probe, implicit_vr=False, little_endian=True)
+    except Exception:
+        return False
+    return True
 
 
 def _text(ds: Dataset, keyword: str) -> str:

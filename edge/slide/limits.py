@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 from edge.errors import CorruptInput, UnsupportedInput
@@ -11,11 +12,13 @@ MAX_SIDE = 2**22  # 4,194,304 pixels on a side
 MAX_TILE_SIDE = 8192
 MIN_TILE_SIDE = 16
 MAX_ASSOCIATED_PIXELS = 100_000_000  # label/macro/thumbnail are decoded whole
+MAX_ASSOCIATED_SIDE = 65534  # one DICOM frame (16-bit Rows/Columns), padded to even sides
 
 
 def check_level_geometry(
     path: Path, what: str, width: int, height: int, tile_w: int, tile_h: int
 ) -> None:
+    _check_integers(path, what, width, height, tile_w, tile_h)
     if width <= 0 or height <= 0:
         raise CorruptInput(path, f"{what} has an empty size {width}x{height}")
     if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_LEVEL_PIXELS:
@@ -33,7 +36,25 @@ def check_level_geometry(
 
 
 def check_associated(path: Path, what: str, width: int, height: int) -> None:
-    if width <= 0 or height <= 0 or width * height > MAX_ASSOCIATED_PIXELS:
+    _check_integers(path, f"{what} image", width, height)
+    if (
+        width <= 0
+        or height <= 0
+        or width * height > MAX_ASSOCIATED_PIXELS
+        or max(width, height) > MAX_ASSOCIATED_SIDE
+    ):
         raise CorruptInput(
-            path, f"{what} image claims {width}x{height} pixels (limit {MAX_ASSOCIATED_PIXELS:,})"
+            path,
+            f"{what} image claims {width}x{height} pixels (limit {MAX_ASSOCIATED_PIXELS:,}, "
+            f"{MAX_ASSOCIATED_SIDE} per side)",
+        )
+
+
+def _check_integers(path: Path, what: str, *sizes: object) -> None:
+    """A size tag of the wrong type (a flipped type byte) can decode to a float or a tuple."""
+    if not all(isinstance(v, numbers.Integral) for v in sizes):
+        raise CorruptInput(
+            path,
+            f"{what} has non-integer sizes {sizes}; expected whole numbers of pixels "
+            "(a damaged size tag)",
         )

@@ -59,9 +59,15 @@ class NdpiSlide:
                         f"{page.imagelength} JPEG without restart "
                         "markers; too large to decode in one piece",
                     )
-                ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(
-                    page.databytecounts, np.int64
-                )
+                starts = np.asarray(page.dataoffsets, np.int64)
+                counts = np.asarray(page.databytecounts, np.int64)
+                if len(starts) and min(int(starts.min()), int(counts.min())) < 0:
+                    raise CorruptInput(
+                        path,
+                        f"{what} lists negative strip offsets or byte counts; expected "
+                        "positions inside the file",
+                    )
+                ends = starts + counts
                 if len(ends) and int(ends.max()) > size:
                     raise CorruptInput(
                         path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import struct
 from pathlib import Path
 
 import tifffile
@@ -52,7 +54,63 @@ def open_slide(path: Path | str) -> SlideSource:
         raise CorruptInput(path, f"damaged file ({type(exc).__name__}: {exc})") from exc
 
 
+class _TiffComplaints(logging.Filter):
+    """What tifffile logs while parsing: the damaged tags and directories it skipped. Kept
+    off the console (edge reports one line per slide) and turned into that line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.errors.append(" ".join(record.getMessage().split()))
+        return False
+
+
+def _check_chain_end(path: Path, tif: tifffile.TiffFile) -> None:
+    """The last image directory must end the chain (next offset 0). tifffile stops quietly
+    at a pointer past the end of the file or into damaged bytes, which would drop the levels
+    stored after it (NDPI keeps its directories behind the pixel data) instead of failing."""
+    tiff, fh = tif.tiff, tif.filehandle
+    last = tif.pages[-1]
+    fh.seek(last.offset)
+    head = fh.read(tiff.tagnosize)
+    count = struct.unpack(tiff.tagnoformat, head)[0] if len(head) == tiff.tagnosize else 0
+    fh.seek(last.offset + tiff.tagnosize + count * tiff.tagsize)
+    raw = fh.read(tiff.offsetsize)
+    if len(raw) < tiff.offsetsize:
+        raise CorruptInput(
+            path,
+            f"truncated: image directory {len(tif.pages) - 1} is cut off at the end of the "
+            f"file ({fh.size:,} bytes)",
+        )
+    following = struct.unpack(tiff.offsetformat, raw)[0]
+    if following != 0:
+        where = "past the end of the file" if following >= fh.size else "to damaged bytes"
+        raise CorruptInput(
+            path,
+            f"truncated or damaged: after {len(tif.pages)} image directories the chain "
+            f"points {where} (offset {following:,}, file size {fh.size:,}); expected it to "
+            "end with 0",
+        )
+
+
 def _open_tiff(path: Path) -> SlideSource:
+    logger = logging.getLogger("tifffile")
+    complaints = _TiffComplaints()
+    logger.addFilter(complaints)
+    try:
+        source = _open_tiff_quietly(path)
+    finally:
+        logger.removeFilter(complaints)
+    if complaints.errors:  # a skipped tag or directory: metadata or levels silently missing
+        source.close()
+        raise CorruptInput(path, f"damaged TIFF structure: {complaints.errors[0][:200]}")
+    return source
+
+
+def _open_tiff_quietly(path: Path) -> SlideSource:
     try:
         tif = tifffile.TiffFile(path)
     except tifffile.TiffFileError as exc:
@@ -60,6 +118,7 @@ def _open_tiff(path: Path) -> SlideSource:
     try:
         if len(tif.pages) == 0:
             raise CorruptInput(path, "TIFF holds no image (empty or cut-off directory)")
+        _check_chain_end(path, tif)
         if tif.is_ndpi:
             from edge.slide.ndpi import NdpiSlide
 

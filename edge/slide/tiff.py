@@ -44,6 +44,12 @@ def as_pixels(array: np.ndarray[Any, Any]) -> Pixels:
     array = np.squeeze(array)
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
+    if array.ndim != 3:
+        raise CorruptInput(
+            "",
+            f"image decodes to shape {array.shape}; expected height x width "
+            "x samples (a damaged depth or size tag)",
+        )
     return np.ascontiguousarray(array)
 
 
@@ -90,7 +96,7 @@ class TiffSlide:
                     "Label": AssociatedKind.LABEL,
                     "Macro": AssociatedKind.OVERVIEW,
                 }.get(series.name)
-                if kind:
+                if kind and not any(k is kind for k, _ in assoc):  # one file per kind
                     assoc.append((kind, series.keyframe))
             return "aperio-svs", levels, assoc
         if tif.is_ome:
@@ -104,7 +110,7 @@ class TiffSlide:
                 )
             for other in tif.series[1:]:
                 kind = _kind_from_name(other.name)
-                if kind:
+                if kind and not any(k is kind for k, _ in assoc):
                     assoc.append((kind, other.keyframe))
             return "ome-tiff", levels, assoc
         return "generic-tiff", *self._generic_pages()
@@ -184,7 +190,15 @@ class TiffSlide:
         )
         if len(offsets) != expected or len(counts) != expected:
             raise CorruptInput(
-                self.path, f"{what} lists {len(offsets)} tiles; its size needs {expected}"
+                self.path,
+                f"{what} lists {len(offsets)} tile offsets and {len(counts)} byte "
+                f"counts; its size needs {expected}",
+            )
+        if len(offsets) and min(int(offsets.min()), int(counts.min())) < 0:
+            raise CorruptInput(
+                self.path,
+                f"{what} lists negative tile offsets or byte counts; expected positions inside "
+                "the file",
             )
         ends = offsets + counts
         if len(ends) and int(ends.max()) > self._size:
@@ -207,6 +221,11 @@ class TiffSlide:
                 info = jpeg.inspect(
                     (page.jpegtables or b"")[:-2] + sample[2:] if page.jpegtables else sample
                 )
+                if len(info.components) != page.samplesperpixel:
+                    raise jpeg.JpegFormatError(
+                        f"{len(info.components)} colour components, but the TIFF header says "
+                        f"{page.samplesperpixel} samples per pixel"
+                    )
                 if not info.is_baseline:
                     return Codec.NONE, None
                 self._prefix[index] = jpeg.frame_prefix(
@@ -221,6 +240,12 @@ class TiffSlide:
                 info2 = j2k.inspect(sample)
             except j2k.J2kFormatError as exc:
                 raise CorruptInput(self.path, f"{what} tile {first}: {exc}") from exc
+            if info2.components != page.samplesperpixel:
+                raise CorruptInput(
+                    self.path,
+                    f"{what} tile {first}: {info2.components} colour components, but the TIFF "
+                    f"header says {page.samplesperpixel} samples per pixel",
+                )
             if compression in _J2K_COPYABLE and info2.precision == 8:
                 return (
                     Codec.HTJ2K if info2.high_throughput else Codec.JPEG2000,
@@ -231,6 +256,13 @@ class TiffSlide:
 
     def _make_associated(self, kind: AssociatedKind, page: Any) -> AssociatedImage:
         check_associated(self.path, kind.value.lower(), page.imagewidth, page.imagelength)
+        ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts, np.int64)
+        if len(ends) and int(ends.max()) > self._size:
+            raise CorruptInput(
+                self.path,
+                f"truncated: the {kind.value.lower()} image ends at byte {int(ends.max()):,} "
+                f"but the file has {self._size:,} bytes",
+            )
         return AssociatedImage(
             kind, page.imagewidth, page.imagelength, min(page.samplesperpixel, 3)
         )
@@ -247,7 +279,7 @@ class TiffSlide:
                 model=props.get("ScanScope ID", ""),
                 software=props["header"].splitlines()[0].strip(),
                 serial_number=props.get("ScanScope ID", ""),
-                mpp=aperio.as_float(props.get("MPP")),
+                mpp=_sane_mpp(aperio.as_float(props.get("MPP"))),
                 magnification=aperio.as_float(props.get("AppMag")),
                 barcode=props.get("Barcode", ""),
                 scan_datetime=aperio.scan_datetime(props),
@@ -325,16 +357,24 @@ class TiffSlide:
         assert frame.data is not None
         try:
             if frame.level.codec is Codec.JPEG:
-                return as_pixels(imagecodecs.jpeg8_decode(frame.data))
-            if frame.level.codec is Codec.HTJ2K:
-                return as_pixels(imagecodecs.htj2k_decode(frame.data))
-            return as_pixels(imagecodecs.jpeg2k_decode(frame.data))
+                pixels = as_pixels(imagecodecs.jpeg8_decode(frame.data))
+            elif frame.level.codec is Codec.HTJ2K:
+                pixels = as_pixels(imagecodecs.htj2k_decode(frame.data))
+            else:
+                pixels = as_pixels(imagecodecs.jpeg2k_decode(frame.data))
         except imagecodecs.DelayedImportError:
             raise
         except Exception as exc:
             raise CorruptInput(
                 self.path, f"level {frame.level.index} tile {frame.index} does not decode: {exc}"
             ) from exc
+        if pixels.shape[2] != frame.level.samples:
+            raise CorruptInput(
+                self.path,
+                f"level {frame.level.index} tile {frame.index} decodes to "
+                f"{pixels.shape[2]} samples per pixel; the level has {frame.level.samples}",
+            )
+        return pixels
 
     def associated_pixels(self, kind: AssociatedKind) -> Pixels:
         page = self._assoc_pages[kind]
@@ -407,6 +447,11 @@ def _ome_mpp(xml: str) -> float | None:
                 mpp = float(value) * scale
                 return mpp if 0.01 < mpp < 1000 else None
     return None
+
+
+def _sane_mpp(mpp: float | None) -> float | None:
+    """None for a pixel size no microscope produces (inf, 1e-30 from a damaged header)."""
+    return mpp if mpp is not None and 0.01 < mpp < 1000 else None
 
 
 def _resolution_mpp(page: Any) -> float | None:
