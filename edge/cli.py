@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,7 +28,7 @@ from edge.errors import EdgeError
 from edge.slide.synthetic import FORMATS as SYNTH_FORMATS
 from edge.slide.synthetic import write_slide
 
-EXIT_OK, EXIT_INPUT = 0, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +109,7 @@ def _progress_bar(enabled: bool) -> Progress:
         MofNCompleteColumn(),
         TextColumn("tiles"),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         transient=True,
         disable=not enabled,
     )
@@ -145,7 +147,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     failures: list[dict[str, str]] = []
     claimed: dict[str, Path] = {}
     show = not args.quiet and sys.stderr.isatty()
+    internal = False
     with _progress_bar(show) as bar:
+
+        def say(text: str, style: str) -> None:
+            """One line on stderr per event: never wrapped, never mixed into --json output."""
+            if show:
+                bar.console.print(text, style=style, highlight=False, soft_wrap=True)
+            else:
+                print(text, file=sys.stderr)
+
         for slide in args.slides:
             task = bar.add_task(slide.name, total=None)
             name = output_name(slide)
@@ -155,7 +166,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     f"{claimed[name]} in this run; convert it separately"
                 )
                 failures.append({"source": str(slide), "error": message})
-                bar.console.print(f"error: {message}", style="red", highlight=False)
+                say(f"error: {message}", "red")
                 bar.remove_task(task)
                 continue
             claimed[name] = slide
@@ -167,23 +178,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 result = convert(slide, args.output, options, show_progress)
             except EdgeError as exc:
                 failures.append({"source": str(slide), "error": str(exc)})
-                bar.console.print(f"error: {exc}", style="red", highlight=False)
+                say(f"error: {exc}", "red")
+                continue
+            except Exception as exc:  # a bug: report it, keep converting the other slides
+                internal = True
+                message = f"{slide}: internal error ({type(exc).__name__}: {exc}); please report"
+                failures.append({"source": str(slide), "error": message})
+                say(f"error: {message}", "red")
                 continue
             finally:
                 bar.remove_task(task)
             results.append(result)
             for warning in result.warnings:
-                bar.console.print(f"warning: {slide}: {warning}", style="yellow", highlight=False)
+                say(f"warning: {slide}: {warning}", "yellow")
             if not args.json:
                 print(_summary_line(result), file=sys.stderr if show else sys.stdout)
-    if not show and failures:
-        for failure in failures:
-            print(f"error: {failure['error']}", file=sys.stderr)
     if args.json:
         json.dump(
             {"converted": [r.as_dict() for r in results], "failed": failures}, sys.stdout, indent=2
         )
         print()
+    if internal:
+        return EXIT_INTERNAL
     return EXIT_INPUT if failures else EXIT_OK
 
 

@@ -472,12 +472,12 @@ CASES: dict[str, tuple[Case, str]] = {
     "tiff-magic-then-noise": (_tiff_magic_then_noise, "holds no image"),
     "missing-file": (_missing, "no such file"),
     "empty-folder": (_empty_folder, "no DICOM WSI instance"),
-    "folder-without-dicom": (_folder_without_dicom, "not a readable DICOM file"),
+    "folder-without-dicom": (_folder_without_dicom, "folder holds no DICOM WSI instance"),
     # unsupported pixel formats and compressions
     "uint16-tiles": (_uint16, "16 bits"),
     "rgba-tiles": (_rgba, "4 samples"),
     "float-tiles": (_float, "32 bits"),
-    "unknown-compression": (_unknown_compression, "level 0 tile 0"),
+    "unknown-compression": (_unknown_compression, "uses TIFF compression unknown (60001)"),
     "jpeg-tiles-labelled-j2k": (_jpeg_labelled_j2k, "does not start with SOC"),
     # absurd headers (decompression bombs)
     "bomb-10m-x-10m": (_bomb_10m, "decompression bomb"),
@@ -769,3 +769,19 @@ def test_flipped_bytes_in_a_real_ndpi(region: str, sources: Sources, tmp_path: P
     out = tmp_path / "out"
     proc = run_convert(out, *mutants, sources.tiff)
     _check_batch(proc, out, mutants, sources.tiff, validate=region == "strip-data")
+
+
+def test_stray_files_beside_a_dicom_series_are_ignored(tmp_path: Path) -> None:
+    """Exports carry notes, checksums and DICOMDIR-less extras next to the instances."""
+    series = tmp_path / "series"
+    shutil.copytree(real_file("dicom-wsi2dcm-cmu1-small-region"), series)
+    (series / "README.txt").write_text("scanned by night shift\n")
+    (series / "SHA256SUMS").write_text("0" * 64 + "  level-0.dcm\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "convert", str(series), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "series" / "level-00.dcm").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,34 @@ def test_aperio_33003_ycbcr_jpeg2000_is_converted_to_rgb(tmp_path: Path) -> None
     out = Path(result.output) / "level-00.dcm"
     assert psnr(dicom_mosaic(out), rgb) > 40
     assert dciodvfy_errors(out) == []
+
+
+def test_damaged_header_text_is_cleaned_not_copied(tmp_path: Path) -> None:
+    """Control characters, backslashes (DICOM's value delimiter) and malformed dates from a
+    scanner header or a sidecar must not reach the DICOM header."""
+    from edge.slide.synthetic import tissue
+
+    src = tmp_path / "odd.tiff"
+    tifffile.imwrite(
+        src,
+        tissue(600, 500, 1),
+        tile=(256, 256),
+        compression="jpeg",
+        photometric="rgb",
+        software="Scan\x01Soft\\2.0\x00",
+        metadata=None,
+    )
+    src.with_suffix(".json").write_text(
+        '{"PatientName": "Doe^Jane\\u0007", "StudyDate": "yesterday", "PatientSex": "female",'
+        ' "AccessionNumber": "A\\\\B-1234567890123456789"}'
+    )
+    result = convert(src, tmp_path / "out")
+    level0 = Path(result.output) / "level-00.dcm"
+    ds = pydicom.dcmread(level0, stop_before_pixels=True)
+    assert str(ds.PatientName) == "Doe^Jane"
+    # "yesterday" is dropped; the study date falls back to the file's own time.
+    assert ds.StudyDate == datetime.fromtimestamp(src.stat().st_mtime).strftime("%Y%m%d")
+    assert ds.PatientSex == ""
+    assert "\\" not in ds.AccessionNumber and len(ds.AccessionNumber) <= 16
+    assert all(ord(c) >= 32 for v in ds.SoftwareVersions for c in v)
+    assert dciodvfy_errors(level0) == []

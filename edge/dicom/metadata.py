@@ -6,7 +6,7 @@ PACS and viewers choke on what `dciodvfy` flags; the pixel data is appended by t
 
 from __future__ import annotations
 
-import copy
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -98,6 +98,25 @@ class ImageSpec:
     focal_planes: int = 1
 
 
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\\]")
+_DA = re.compile(r"\d{8}")
+_TM = re.compile(r"\d{2,6}(\.\d{1,6})?")
+
+
+def clean(value: object, limit: int) -> str:
+    """Text safe for a DICOM string VR: no control characters or backslashes (the value
+    delimiter), at most `limit` characters. Scanner headers and sidecars carry both."""
+    return _UNSAFE_TEXT.sub(" ", str(value)).strip()[:limit].strip()
+
+
+def _date(value: str) -> str:
+    return value if _DA.fullmatch(value) else ""
+
+
+def _time(value: str) -> str:
+    return value if _TM.fullmatch(value) else ""
+
+
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item = Dataset()
     item.CodeValue = value
@@ -140,25 +159,26 @@ def build_dataset(
     _specimen(ds, ident, slide)
     _optical_paths(ds, spec, slide)
     if spec.image_type[2] == "LABEL":
-        ds.BarcodeValue = slide.barcode
+        ds.BarcodeValue = clean(slide.barcode, 64)
         ds.LabelText = ""
     return ds
 
 
 def _patient_study(ds: Dataset, ident: Identity, acquired: datetime | None) -> None:
-    p = ident.patient
+    p = {key: clean(value, 64) for key, value in ident.patient.items()}
     ds.PatientName = p.get("PatientName", "")
     ds.PatientID = p.get("PatientID", "")
-    ds.PatientBirthDate = p.get("PatientBirthDate", "")
-    ds.PatientSex = p.get("PatientSex", "")
+    ds.PatientBirthDate = _date(p.get("PatientBirthDate", ""))
+    sex = p.get("PatientSex", "").upper()
+    ds.PatientSex = sex if sex in ("M", "F", "O") else ""
     if p.get("IssuerOfPatientID"):
         ds.IssuerOfPatientID = p["IssuerOfPatientID"]
     ds.StudyInstanceUID = ident.study_uid
-    ds.StudyDate = p.get("StudyDate", _da(acquired))
-    ds.StudyTime = p.get("StudyTime", _tm(acquired))
+    ds.StudyDate = _date(p.get("StudyDate", "")) or _da(acquired)
+    ds.StudyTime = _time(p.get("StudyTime", "")) or _tm(acquired)
     ds.ReferringPhysicianName = p.get("ReferringPhysicianName", "")
-    ds.StudyID = p.get("StudyID", "")
-    ds.AccessionNumber = p.get("AccessionNumber", "")
+    ds.StudyID = p.get("StudyID", "")[:16]
+    ds.AccessionNumber = p.get("AccessionNumber", "")[:16]
     if p.get("StudyDescription"):
         ds.StudyDescription = p["StudyDescription"]
 
@@ -166,13 +186,15 @@ def _patient_study(ds: Dataset, ident: Identity, acquired: datetime | None) -> N
 def _series_equipment(ds: Dataset, slide: SlideMetadata, ident: Identity) -> None:
     ds.SeriesInstanceUID = ident.series_uid
     ds.SeriesNumber = ident.series_number
-    ds.SeriesDescription = ident.patient.get("SeriesDescription", "Whole slide image")
+    ds.SeriesDescription = clean(ident.patient.get("SeriesDescription", ""), 64) or (
+        "Whole slide image"
+    )
     ds.FrameOfReferenceUID = ident.frame_of_reference_uid
     ds.PositionReferenceIndicator = "SLIDE_CORNER"
-    ds.Manufacturer = slide.vendor or "Unknown"
-    ds.ManufacturerModelName = slide.model or "Unknown"
-    ds.DeviceSerialNumber = slide.serial_number or "Unknown"
-    ds.SoftwareVersions = [v for v in (slide.software[:64], f"edge {__version__}") if v]
+    ds.Manufacturer = clean(slide.vendor, 64) or "Unknown"
+    ds.ManufacturerModelName = clean(slide.model, 64) or "Unknown"
+    ds.DeviceSerialNumber = clean(slide.serial_number, 64) or "Unknown"
+    ds.SoftwareVersions = [v for v in (clean(slide.software, 64), f"edge {__version__}") if v]
     contributor = Dataset()
     contributor.Manufacturer = "edge appliance"
     contributor.ContributionDescription = f"Converted to DICOM WSI from {slide.format}"
@@ -258,11 +280,12 @@ def _functional_groups(ds: Dataset, spec: ImageSpec, ident: Identity, slide: Sli
 
 
 def _specimen(ds: Dataset, ident: Identity, slide: SlideMetadata) -> None:
-    ds.ContainerIdentifier = ident.container_id
+    container = clean(ident.container_id, 64) or "UNKNOWN"
+    ds.ContainerIdentifier = container
     ds.IssuerOfTheContainerIdentifierSequence = Sequence()
     ds.ContainerTypeCodeSequence = Sequence([_code("433466003", "SCT", "Microscope slide")])
     specimen = Dataset()
-    specimen.SpecimenIdentifier = ident.container_id
+    specimen.SpecimenIdentifier = container
     specimen.SpecimenUID = ident.specimen_uid
     specimen.IssuerOfTheSpecimenIdentifierSequence = Sequence()
     specimen.SpecimenPreparationSequence = Sequence()
@@ -275,23 +298,52 @@ def _optical_paths(ds: Dataset, spec: ImageSpec, slide: SlideMetadata) -> None:
     ds.OpticalPathSequence = Sequence(items)
 
 
+def _valid_code(item: Dataset) -> Dataset | None:
+    try:
+        value, scheme, meaning = item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning
+    except AttributeError:
+        return None
+    if not all(isinstance(v, str) and v.strip() for v in (value, scheme, meaning)):
+        return None
+    return _code(clean(value, 16), clean(scheme, 16), clean(meaning, 64))
+
+
+def _codes(carried: Dataset, keyword: str) -> Sequence | None:
+    items = [_valid_code(item) for item in carried.get(keyword, None) or []]
+    good = [item for item in items if item is not None]
+    return Sequence(good) if good else None
+
+
 def _sanitised_path(carried: Dataset, spec: ImageSpec, slide: SlideMetadata) -> Dataset:
-    """A copy of an input's optical path item with the values dciodvfy rejects repaired."""
-    item = copy.deepcopy(carried)
-    if "IlluminationWaveLength" in item and not float(item.IlluminationWaveLength or 0) > 0:
-        del item.IlluminationWaveLength  # vendors write 0 for "unknown"
-    if "IlluminationWaveLength" not in item and "IlluminationColorCodeSequence" not in item:
+    """An input's optical path item rebuilt from the attributes we understand, repaired.
+
+    Copying the item whole would carry over what dciodvfy rejects: wavelength 0 for "unknown",
+    8-bit palette descriptors, damaged text, private or unknown tags.
+    """
+    item = Dataset()
+    item.OpticalPathIdentifier = clean(carried.get("OpticalPathIdentifier", "1"), 16) or "1"
+    description = clean(carried.get("OpticalPathDescription", ""), 1024)
+    if description:
+        item.OpticalPathDescription = description
+    item.IlluminationTypeCodeSequence = _codes(carried, "IlluminationTypeCodeSequence") or (
+        Sequence([_code("111741", "DCM", "Transmission illumination")])
+    )
+    try:
+        wavelength = float(carried.get("IlluminationWaveLength", 0) or 0)
+    except (TypeError, ValueError):
+        wavelength = 0.0
+    colour = _codes(carried, "IlluminationColorCodeSequence")
+    if 0 < wavelength < 100_000:
+        item.IlluminationWaveLength = wavelength
+    elif colour is not None:
+        item.IlluminationColorCodeSequence = colour
+    else:
         item.IlluminationColorCodeSequence = Sequence([_code("414298005", "SCT", "Full Spectrum")])
-    if "IlluminationTypeCodeSequence" not in item:
-        item.IlluminationTypeCodeSequence = Sequence(
-            [_code("111741", "DCM", "Transmission illumination")]
+    icc = carried.get("ICCProfile")
+    if spec.samples == 3:  # ICC only for colour pixels (no palette is carried over)
+        item.ICCProfile = (
+            bytes(icc) if isinstance(icc, bytes) and icc else (slide.icc_profile or srgb_profile())
         )
-    if "PaletteColorLookupTableSequence" in item:
-        del item.PaletteColorLookupTableSequence  # optional; 8-bit descriptors are invalid here
-    if "ICCProfile" not in item and spec.samples == 3:
-        item.ICCProfile = slide.icc_profile or srgb_profile()
-    if spec.samples == 1 and "ICCProfile" in item:
-        del item.ICCProfile  # only allowed with colour pixels or a palette
     return item
 
 
@@ -303,7 +355,7 @@ def _optical_path_items(spec: ImageSpec, slide: SlideMetadata) -> list[Dataset]:
     path = paths[0]
     item = Dataset()
     item.OpticalPathIdentifier = "1"
-    item.OpticalPathDescription = path.description or "Brightfield"
+    item.OpticalPathDescription = clean(path.description, 1024) or "Brightfield"
     if path.illumination == "fluorescence":
         item.IlluminationTypeCodeSequence = Sequence(
             [_code("111743", "DCM", "Epifluorescence illumination")]

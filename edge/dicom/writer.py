@@ -71,7 +71,13 @@ class FrameWriter:
             )
             if dataset.get("LossyImageCompression") == "01":
                 dataset.LossyImageCompressionRatio = _RATIO_PLACEHOLDER
-            head = encode_header(dataset, meta)
+            try:
+                head = encode_header(dataset, meta)
+            except (ValueError, TypeError, OverflowError, struct.error) as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise OutputError(
+                    f"{path.name}: the DICOM header cannot be encoded: {reason}"
+                ) from exc
             if "LossyImageCompressionRatio" in dataset:
                 self._ratio_at = head.index(_RATIO_ELEMENT) + 8
             self._fh.write(head)
@@ -91,6 +97,9 @@ class FrameWriter:
         except OSError as exc:
             self._fh.close()
             raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        except BaseException:
+            self._fh.close()
+            raise
 
     def add(self, frame: bytes | memoryview) -> None:
         if self._next >= self.frame_count:

@@ -236,7 +236,11 @@ class DicomSlide:
 
     @classmethod
     def open(cls, path: Path) -> DicomSlide:
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            # Scanners and PACS exports leave DICOMDIRs, checksums and notes beside the series.
+            files = sorted(p for p in path.iterdir() if p.is_file() and _is_dicom_part10(p))
+        else:
+            files = [path]
         instances: list[_Instance] = []
         problems = []
         for file in files:
@@ -374,6 +378,15 @@ class DicomSlide:
         for fh in self._handles.values():
             fh.close()
         self._handles.clear()
+
+
+def _is_dicom_part10(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _metadata(inst: _Instance) -> SlideMetadata:

@@ -252,7 +252,25 @@ class TiffSlide:
                     info2.photometric(),
                 )
             return Codec.NONE, None
+        self._check_decodable(what, page, first, sample, compression)
         return Codec.NONE, None
+
+    def _check_decodable(
+        self, what: str, page: Any, index: int, sample: bytes, compression: int
+    ) -> None:
+        """Levels that must be re-encoded: refuse up front a compression nothing here decodes."""
+        try:
+            page.decode(sample, index, jpegtables=page.jpegtables)
+        except Exception as exc:
+            try:
+                name = tifffile.COMPRESSION(compression).name
+            except ValueError:
+                name = "unknown"
+            raise UnsupportedInput(
+                self.path,
+                f"{what} uses TIFF compression {name} ({compression}), which cannot be decoded "
+                f"here ({type(exc).__name__})",
+            ) from exc
 
     def _make_associated(self, kind: AssociatedKind, page: Any) -> AssociatedImage:
         check_associated(self.path, kind.value.lower(), page.imagewidth, page.imagelength)
