@@ -446,8 +446,10 @@ def _encodable(items: Any) -> bool:
     probe = Dataset()
     probe.OpticalPathSequence = Sequence(copy.deepcopy(item) for item in items)
     try:
+        for element in probe.iterall():  # values are converted lazily: force it here
+            _ = element.value
         pydicom.dcmwrite(io.BytesIO(), probe, implicit_vr=False, little_endian=True)
-    except Exception:
+    except Exception:  # any damage pydicom trips on (unknown VR, bad lengths, ...)
         return False
     return True
 
