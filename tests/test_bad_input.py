@@ -785,3 +785,24 @@ def test_stray_files_beside_a_dicom_series_are_ignored(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "series" / "level-00.dcm").is_file()
+
+
+def test_unknown_vr_inside_an_optical_path_item_is_not_carried(tmp_path: Path) -> None:
+    """Regression (found by the fuzzer): a damaged VR deep in OpticalPathSequence made pydicom
+    raise NotImplementedError only when the value was first used, while writing the output."""
+    source = tmp_path / "src"
+    shutil.copytree(real_file("dicom-wsi2dcm-cmu1-small-region"), source)
+    first = convert(source, tmp_path / "first")
+    level0 = Path(first.output) / "level-00.dcm"
+    data = bytearray(level0.read_bytes())
+    code_value = b"\x08\x00\x00\x01SH\x06\x00111741"  # (0008,0100) SH "111741"
+    at = data.index(code_value)
+    data[at + 4 : at + 6] = b"RH"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "level-00.dcm").write_bytes(bytes(data))
+    result = convert(damaged, tmp_path / "out")
+    out = Path(result.output) / "level-00.dcm"
+    assert dciodvfy_errors(out) == []
+    path_item = pydicom.dcmread(out, stop_before_pixels=True).OpticalPathSequence[0]
+    assert path_item.IlluminationTypeCodeSequence[0].CodeValue == "111741"
