@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from edge import __version__
 from edge.dicom import metadata as md
 from edge.dicom.encode import Encoder
 from edge.dicom.pyramid import plan_pyramid
@@ -29,7 +28,7 @@ from edge.dicom.uids import DEFAULT_ROOT, check_root, fingerprint, make_uid
 from edge.dicom.writer import FrameWriter
 from edge.dicom.wsi import WrittenInstance, WsiWriter, pad_tile, spec_for_plan
 from edge.errors import InputError, OutputError
-from edge.slide.model import AssociatedKind, SlideMetadata
+from edge.slide.model import AssociatedKind
 from edge.slide.open import open_slide
 from edge.slide.source import SlideSource
 from edge.slide.stream import TileConsumer, stream_tiles
@@ -393,8 +392,3 @@ def _replace_dir(temp: Path, final: Path) -> None:
     except OSError as exc:
         raise OutputError(f"{final}: cannot move the finished output into place: {exc}") from exc
     shutil.rmtree(old, ignore_errors=True)
-
-
-def describe(meta: SlideMetadata) -> str:
-    mpp = f"{meta.mpp:.4f} µm/px" if meta.mpp else "pixel size unknown"
-    return f"{meta.format} ({meta.vendor or 'unknown vendor'}, {mpp}), edge {__version__}"

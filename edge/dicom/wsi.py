@@ -6,7 +6,6 @@ generated levels are fed from the decoded tiles of their parent through Downsamp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -204,7 +203,3 @@ def spec_for_plan(
         pixel_spacing_mm=spacing,
         **changes,  # type: ignore[arg-type]
     )
-
-
-def tiles_for(width: int, height: int, tile_w: int, tile_h: int) -> int:
-    return math.ceil(width / tile_w) * math.ceil(height / tile_h)
