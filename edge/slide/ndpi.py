@@ -51,7 +51,7 @@ class NdpiSlide:
                     raise UnsupportedInput(
                         path, f"{what}: {page.samplesperpixel} samples of {page.bitspersample} bits"
                     )
-                strip_pixels = page.imagewidth * (page.chunks[0] if page.chunks else 1)
+                strip_pixels = int(np.prod(page.chunks[:2])) if page.chunks else page.imagewidth
                 if strip_pixels > MAX_STRIP_PIXELS:
                     raise UnsupportedInput(
                         path,
@@ -102,20 +102,28 @@ class NdpiSlide:
 
     def frames(self, level: Level) -> Iterator[Frame]:
         page = self._pages[level.index]
-        strip_h = page.chunks[0]
-        strips = len(page.dataoffsets)
+        # tifffile exposes the restart segments as a grid of (rows x width) chunks: usually one
+        # full-width segment per MCU row, but a scanner may set a shorter restart interval.
+        seg_h, seg_w = int(page.chunks[0]), int(page.chunks[1])
+        seg_across = math.ceil(page.imagewidth / seg_w)
+        segments = len(page.dataoffsets)
         tw, th = level.tile_width, level.tile_height
-        band = np.full((th, level.tiles_across * tw, level.samples), 255, dtype=np.uint8)
+        width = max(level.tiles_across * tw, seg_across * seg_w)
+        band = np.full((th, width, level.samples), 255, dtype=np.uint8)
         index = 0
         for row in range(level.tiles_down):
             band.fill(255)
             y0 = row * th
-            first, last = y0 // strip_h, min(strips, math.ceil((y0 + th) / strip_h))
-            for s in range(first, last):
-                strip = self._decode_strip(page, s, level)
-                top = s * strip_h - y0
-                lo, hi = max(0, top), min(th, top + strip.shape[0])
-                band[lo:hi, : strip.shape[1]] = strip[lo - top : hi - top]
+            for seg_row in range(y0 // seg_h, math.ceil((y0 + th) / seg_h)):
+                top = seg_row * seg_h - y0
+                for seg_col in range(seg_across):
+                    s = seg_row * seg_across + seg_col
+                    if s >= segments:
+                        break
+                    strip = self._decode_strip(page, s, level)
+                    lo, hi = max(0, top), min(th, top + strip.shape[0])
+                    x = seg_col * seg_w
+                    band[lo:hi, x : x + strip.shape[1]] = strip[lo - top : hi - top]
             for col in range(level.tiles_across):
                 yield Frame(level, index, None, band[:, col * tw : (col + 1) * tw].copy())
                 index += 1
