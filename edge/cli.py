@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
+import math
+import re
 import sys
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -25,8 +31,9 @@ from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
-from edge.slide.synthetic import FORMATS as SYNTH_FORMATS
-from edge.slide.synthetic import write_slide
+from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec
+from edge.synth.writers import FORMATS as SYNTH_FORMATS
+from edge.synth.writers import MAX_SIDE, check_request, write
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -89,17 +96,59 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    _synth_parser(sub)
+    return parser
+
+
+def _synth_parser(sub: Any) -> None:
+    # Values are taken as text and checked in cmd_synth, so that every bad value is reported
+    # as one line naming what is allowed (argparse would print its usage block as well).
     synth = sub.add_parser(
         "synth",
         help="write a synthetic test slide",
-        description="Write a synthetic H&E-like pyramidal slide, for trying the appliance "
-        "end to end before the first patient slide.",
+        description="Write a synthetic pyramidal slide (rendered tile by tile, any size), for "
+        "trying the appliance end to end before the first patient slide and for tests.",
     )
-    synth.add_argument("-o", "--output", type=Path, required=True, metavar="PATH")
-    synth.add_argument("--size", default="4096x3072", help="WIDTHxHEIGHT (default 4096x3072)")
-    synth.add_argument("--format", choices=SYNTH_FORMATS, default="svs")
-    synth.add_argument("--seed", type=int, default=0)
-    return parser
+    synth.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="file to write (a folder for --format dicom)",
+    )
+    synth.add_argument(
+        "--size",
+        default="4096x3072",
+        help=f"WIDTHxHEIGHT in pixels, each 16..{MAX_SIDE} (default 4096x3072)",
+    )
+    synth.add_argument("--format", default="svs", help=f"{'|'.join(SYNTH_FORMATS)} (default svs)")
+    synth.add_argument("--seed", default="0", help="whole number; same seed, same slide")
+    synth.add_argument(
+        "--artifacts",
+        default="none",
+        help=f"comma-separated {','.join(ARTIFACT_KINDS)}, or none (default)",
+    )
+    synth.add_argument("--tissue", default="H&E", help=f"stain: {' or '.join(STAINS)}")
+    synth.add_argument("--mpp", default="0.25", help="µm per level-0 pixel (default 0.25)")
+    synth.add_argument("--barcode", default=None, help="label barcode (default SYNTH-<seed>)")
+    synth.add_argument("--quality", default="80", help="JPEG/JPEG 2000 quality 1..100")
+    synth.add_argument("--tile", default="256", help="tile side, a multiple of 16")
+    synth.add_argument(
+        "--jpeg2000",
+        action="store_true",
+        help="JPEG 2000 tiles (svs: Aperio 33005; tiff/ome-tiff: 34712; dicom)",
+    )
+    synth.add_argument(
+        "--texture",
+        type=Path,
+        metavar="DIR",
+        help="folder of real tissue textures for the textured model",
+    )
+    synth.add_argument(
+        "--truth", action="store_true", help="also write PATH.truth.json and masks beside the slide"
+    )
+    synth.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _progress_bar(enabled: bool) -> Progress:
@@ -203,19 +252,135 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_INPUT if failures else EXIT_OK
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
+_SYNTH_VALUE_OPTIONS = ("--size", "--seed", "--mpp", "--quality", "--tile")
+
+
+def _number(option: str, text: str, kind: Callable[[str], Any], what: str) -> Any:
     try:
-        width, _, height = args.size.lower().partition("x")
-        path = write_slide(args.output, int(width), int(height), args.format, seed=args.seed)
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{option} {text!r}: expected {what}")
+    return value
+
+
+def _synth_spec(args: argparse.Namespace) -> SlideSpec:
+    """The slide asked for, or ValueError naming the bad value and what is allowed."""
+    size = re.fullmatch(r"\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*", args.size)
+    if size is None:
+        raise ValueError(f"--size {args.size!r}: expected WIDTHxHEIGHT in pixels, e.g. 4096x3072")
+    seed = _number("--seed", args.seed, int, "a whole number")
+    if seed < 0:
+        raise ValueError(f"--seed {seed}: expected a whole number >= 0")
+    kinds = tuple(k.strip().lower() for k in args.artifacts.split(",") if k.strip())
+    if kinds in ((), ("none",)):
+        kinds = ()
+    unknown = [k for k in kinds if k not in ARTIFACT_KINDS]
+    if unknown:
+        raise ValueError(
+            f"--artifacts: unknown {', '.join(unknown)}; choose from "
+            f"{', '.join(ARTIFACT_KINDS)} or none"
+        )
+    stain = {s.lower(): s for s in STAINS}.get(args.tissue.strip().lower())
+    if stain is None:
+        raise ValueError(f"--tissue {args.tissue!r}: choose {' or '.join(STAINS)}")
+    if args.texture is not None and not args.texture.is_dir():
+        raise ValueError(f"--texture {args.texture}: no such folder")
+    return SlideSpec(
+        width=int(size.group(1)),
+        height=int(size.group(2)),
+        seed=seed,
+        mpp=_number("--mpp", args.mpp, float, "micrometres per pixel, e.g. 0.25"),
+        stain=stain,
+        artifacts=tuple(dict.fromkeys(kinds)),
+        barcode=args.barcode if args.barcode is not None else f"SYNTH-{seed:04d}",
+    )
+
+
+def _synth_model(spec: SlideSpec, texture: Path | None) -> tuple[SlideModel, str]:
+    """The textured model (edge.synth.model) when it is installed, else the simple one."""
+    # find_spec, not try/import: a textured model that fails to import must say so.
+    if importlib.util.find_spec("edge.synth.model") is None:
+        from edge.synth.simple import SimpleModel
+
+        if spec.artifacts or texture is not None:
+            print(
+                "edge synth: note: the textured model (edge.synth.model) is not available; "
+                "using the simple model, which ignores --artifacts and --texture",
+                file=sys.stderr,
+            )
+        return SimpleModel(spec), "simple"
+    module = importlib.import_module("edge.synth.model")
+    model: SlideModel = module.make_model(spec, texture)
+    return model, "textured"
+
+
+def _synth_truth(model: SlideModel, path: Path) -> str:
+    """PATH.truth.json and PATH.masks/ through edge.synth.truth, when that module exists."""
+    if importlib.util.find_spec("edge.synth.truth") is None:
+        return "ground truth skipped: edge.synth.truth is not available"
+    truth = importlib.import_module("edge.synth.truth")
+    spec = model.spec
+    downsample = 1 << max(0, math.ceil(math.log2(max(spec.width, spec.height) / 2048)))
+    json_path = path.with_name(path.name + ".truth.json")
+    truth.write_truth(model, json_path, path.with_name(path.name + ".masks"), downsample)
+    return f"ground truth: {json_path}"
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    try:
+        spec = _synth_spec(args)
+        fmt = args.format.strip().lower()
+        quality = _number("--quality", args.quality, int, "a whole number 1..100")
+        tile = _number("--tile", args.tile, int, "a whole number, a multiple of 16")
+        check_request(spec, fmt, tile, quality, args.jpeg2000)
+        model, kind = _synth_model(spec, args.texture)
+        show = not args.quiet and sys.stderr.isatty()
+        with _progress_bar(show) as bar:
+            task = bar.add_task(args.output.name, total=None)
+            path = write(
+                model,
+                args.output,
+                fmt,
+                tile=tile,
+                quality=quality,
+                jpeg2000=args.jpeg2000,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        note = _synth_truth(model, path) if args.truth else ""
     except ValueError as exc:
         print(f"edge synth: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    print(f"wrote {path} ({args.size}, {args.format})")
+    except (OSError, EdgeError) as exc:
+        print(f"edge synth: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    seconds = time.monotonic() - started
+    print(
+        f"wrote {path} ({spec.width}x{spec.height} {fmt}, {kind} model, seed {spec.seed}, "
+        f"{seconds:.1f} s)"
+    )
+    if note:
+        print(note, file=sys.stderr if note.startswith("ground truth skipped") else sys.stdout)
     return EXIT_OK
 
 
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """`edge synth --size -5x10` as `--size=-5x10`: argparse would take the value for an
+    unknown option and print its usage block instead of the one-line reason cmd_synth gives."""
+    out = list(argv)
+    if not out or out[0] != "synth":
+        return out
+    for i in range(len(out) - 2, 0, -1):
+        if out[i] in _SYNTH_VALUE_OPTIONS and re.match(r"-[\d.]", out[i + 1]):
+            out[i : i + 2] = [f"{out[i]}={out[i + 1]}"]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(_attach_negative_values(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Inputs with over-long values are expected (they are repaired in the output); pydicom's
     # per-value complaints would bury the one line that matters.

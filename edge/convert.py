@@ -145,21 +145,58 @@ def convert(
     encoder = Encoder(options.format, options.quality)
     patient = patient_attributes(path, options)
     source = open_slide(path)
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / output_name(source.path)
-    temp = out_root / f".{final.name}.partial-{os.getpid()}"
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        final = out_root / output_name(source.path)
+        result = _convert_atomically(
+            source, final, options, encoder, patient, progress, extra_consumers, None
+        )
+    finally:
+        source.close()
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def convert_source(
+    source: SlideSource,
+    final: Path,
+    identity_key: str,
+    options: ConvertOptions = ConvertOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> ConvertResult:
+    """Write an already open source that has no file behind it (a synthetic slide model) as
+    the DICOM folder `final`, atomically. `identity_key` stands in for the file fingerprint
+    in the UIDs, so the same key and options give the same UIDs. The caller closes `source`."""
+    started = time.monotonic()
+    encoder = Encoder(options.format, options.quality)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    result = _convert_atomically(source, final, options, encoder, {}, progress, (), identity_key)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _convert_atomically(
+    source: SlideSource,
+    final: Path,
+    options: ConvertOptions,
+    encoder: Encoder,
+    patient: dict[str, str],
+    progress: Callable[[int, int], None] | None,
+    extra_consumers: tuple[TileConsumer, ...],
+    identity_key: str | None,
+) -> ConvertResult:
+    temp = final.parent / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
-        result = _convert_open(source, temp, options, encoder, patient, progress, extra_consumers)
+        result = _convert_open(
+            source, temp, options, encoder, patient, progress, extra_consumers, identity_key
+        )
         _replace_dir(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    finally:
-        source.close()
     result.output = str(final)
-    result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
@@ -171,6 +208,7 @@ def _convert_open(
     patient: dict[str, str],
     progress: Callable[[int, int], None] | None,
     extra_consumers: tuple[TileConsumer, ...],
+    identity_key: str | None = None,
 ) -> ConvertResult:
     meta = source.metadata
     warnings: list[str] = []
@@ -180,7 +218,8 @@ def _convert_open(
         warnings.append(
             f"the file states no pixel size; assumed {ASSUMED_MPP} µm/px (pass --mpp to set it)"
         )
-    key = "\x1f".join((fingerprint(source.path), options.settings_key(), options.uid_root))
+    identity = identity_key or fingerprint(source.path)
+    key = "\x1f".join((identity, options.settings_key(), options.uid_root))
     ident = _identity(source, options, patient, key)
     acquired = _acquired(source)
     plan = plan_pyramid(source.levels, options.dyadic)
@@ -280,7 +319,7 @@ def _convert_open(
         study_uid=ident.study_uid,
         series_uid=ident.series_uid,
         seconds=0.0,
-        bytes_in=_size(source.path),
+        bytes_in=_size(source.path) if identity_key is None else 0,
         bytes_out=bytes_out,
         instances=[
             {
