@@ -1,0 +1,278 @@
+"""Planted artifacts: where each one lies, how strong it is, what the truth says about it.
+
+Every artifact is planned from its own generator, seeded by (slide seed, kind, occurrence),
+so adding or removing one kind never moves another, and the clean slide (artifacts=()) is
+the same slide. Sizes are fractions of the slide's short side (or micrometres where a real
+size is known, capped by the slide) and shapes stay inside the slide. An artifact is a union
+of parts (shapes.py); its mask is the union of their supports. What each kind does to pixels
+is in effects.py.
+
+    blur    defocus: Gaussian PSF, radius 2-8 µm (sigma = radius / 2), over an elliptic region
+            with a gradual 12% feather, or the whole slide (1 in 4)
+    pen     1-3 strokes of one ink (green, blue, black, red), 300-800 µm wide (at most 4% of
+            the short side): arcs circling a region, lines, dots; on tissue and glass
+    fold    a band across a tissue piece where the tissue lies doubled (transmission of the
+            tissue times that of a neighbouring strip), with a darker crease along its rim
+    bubble  1-3 near-circular air bubbles, 6-15% of the short side: dark refractive rim,
+            washed-out interior
+    debris  8-30 dark specks, mostly 3-12 µm (1 in 10 up to 40 µm), sharp grit to soft dust,
+            scattered or in a cluster, and 0-4 fibres
+    edge    a coverslip edge: a near-straight line parallel to a side, a dark shadow band
+            and slightly brighter glass beyond
+    stain   optical density scaled by 0.35-0.7 (under) or 1.4-2.0 (over), per channel within
+            +-10%, over a region or the whole slide (1 in 2); tissue only
+
+Severity in [0, 1]: blur (radius_um - 1) / 7; pen the ink's opacity; fold how fully the
+second layer adds (1: transmissions multiply); bubble how much the interior is washed out;
+debris the specks' mean opacity; edge the shadow's depth; stain |ln factor| / ln 2.5.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from edge.synth.layout import Layout
+from edge.synth.noise import rng
+from edge.synth.placement import (
+    INKS,
+    TISSUE_ONLY,
+    Artifact,
+    Part,
+    Planner,
+    inside,
+    short_side,
+    tissue_piece,
+    tissue_point,
+)
+from edge.synth.protocol import ARTIFACT_KINDS, SlideSpec
+from edge.synth.shapes import Capsules, Ellipse, Everywhere, HalfPlane
+
+__all__ = ["INKS", "PLANNERS", "TISSUE_ONLY", "Artifact", "Part", "plan_artifacts"]
+
+
+def _plan_blur(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    radius_um = float(g.uniform(2.0, 8.0))
+    sigma = radius_um / spec.mpp / 2.0
+    if g.random() < 0.25:
+        part, scope = Part(Everywhere()), "slide"
+    else:
+        cx, cy = tissue_point(g, tissue_piece(g, layout))
+        rx = short_side(spec) * g.uniform(0.12, 0.3)
+        ry = rx * g.uniform(0.6, 1.0)
+        shape = Ellipse(cx, cy, rx, ry, g.uniform(0, np.pi), feather=0.12 * rx)
+        part, scope = Part(shape), "region"
+    severity = float(np.clip((radius_um - 1.0) / 7.0, 0.0, 1.0))
+    info = {"scope": scope, "radius_um": round(radius_um, 3), "sigma_px": round(sigma, 3)}
+    return Artifact("blur", 0, severity, (part,), {"sigma": sigma}, info)
+
+
+def _stroke(
+    g: np.random.Generator, spec: SlideSpec, layout: Layout, hw: float
+) -> tuple[tuple[float, float], ...]:
+    piece = tissue_piece(g, layout)
+    style = g.choice(["arc", "line", "dot"], p=[0.5, 0.35, 0.15])
+    if style == "arc":  # circling a region of interest
+        radius = short_side(spec) * g.uniform(0.06, 0.18)
+        cx, cy = tissue_point(g, piece)
+        cx, cy = inside(cx, radius + hw, spec.width), inside(cy, radius + hw, spec.height)
+        a0, span = g.uniform(0, 2 * np.pi), g.uniform(np.radians(200), np.radians(340))
+        a = a0 + span * np.linspace(0, 1, 40)
+        r = radius * (1 + 0.06 * np.sin(2 * a + g.uniform(0, 6)))
+        pts = np.stack([cx + r * np.cos(a), cy + r * 0.8 * np.sin(a)], axis=1)
+    else:
+        x, y = tissue_point(g, piece)
+        length = short_side(spec) * (g.uniform(0.1, 0.3) if style == "line" else 0.001)
+        a = g.uniform(0, 2 * np.pi) + g.uniform(-0.3, 0.3) * np.linspace(-1, 1, 12)
+        steps = length / 11 * np.stack([np.cos(a), np.sin(a)], axis=1)
+        pts = np.array([x, y]) + np.concatenate([[[0.0, 0.0]], np.cumsum(steps[:-1], axis=0)])
+    pts[:, 0] = np.clip(pts[:, 0], hw + 1, max(spec.width - hw - 1, hw + 1))
+    pts[:, 1] = np.clip(pts[:, 1], hw + 1, max(spec.height - hw - 1, hw + 1))
+    return tuple((float(px), float(py)) for px, py in pts)
+
+
+def _plan_pen(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    colour = str(g.choice(list(INKS)))
+    width_um = float(g.uniform(300, 800))
+    hw = max(3.0, min(width_um / spec.mpp / 2, 0.02 * short_side(spec)))
+    opacity = float(g.uniform(0.55, 0.95))
+    strokes = tuple(
+        Part(Capsules(_stroke(g, spec, layout, hw), hw, feather=2.0))
+        for _ in range(int(g.integers(1, 4)))
+    )
+    info = {"colour": colour, "rgb": list(INKS[colour]), "width_um": round(width_um, 1)}
+    info |= {"width_px": round(2 * hw, 1), "strokes": len(strokes)}
+    params = {"ink": INKS[colour], "opacity": opacity}
+    return Artifact("pen", 0, opacity, strokes, params, info)
+
+
+def _plan_fold(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    piece = tissue_piece(g, layout)
+    cx, cy = tissue_point(g, piece)
+    if piece.kind == "core":  # a crease across the core
+        (ax, ay), (bx, by) = piece.points[0], piece.points[-1]
+        angle = math.atan2(by - ay, bx - ax) + np.pi / 2 + g.uniform(-0.4, 0.4)
+        length, hw = 2.4 * piece.radius, piece.radius * g.uniform(0.2, 0.45)
+    else:
+        angle = g.uniform(0, np.pi)
+        length = piece.radius * g.uniform(0.6, 1.4)
+        hw = piece.radius * g.uniform(0.04, 0.1)
+    hw = max(hw, 4.0)
+    ux, uy = math.cos(angle), math.sin(angle)
+    bend = g.uniform(-0.1, 0.1) * length
+    pts = tuple(
+        (
+            inside(cx + t * length / 2 * ux - abs(t) * bend * uy, hw, spec.width),
+            inside(cy + t * length / 2 * uy + abs(t) * bend * ux, hw, spec.height),
+        )
+        for t in (-1.0, 0.0, 1.0)
+    )
+    strength = float(g.uniform(0.5, 1.0))
+    shift = 2 * hw * g.uniform(0.8, 1.5) * g.choice([-1, 1])
+    params = {"shift": (-uy * shift, ux * shift), "strength": strength, "rim": max(2.0, 0.15 * hw)}
+    info = {"width_px": round(2 * hw, 1), "length_px": round(length, 1)}
+    info |= {"strength": round(strength, 3)}
+    return Artifact("fold", 0, strength, (Part(Capsules(pts, hw, feather=2.0)),), params, info)
+
+
+def _plan_bubble(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    parts, radii = [], []
+    for _ in range(int(g.integers(1, 4))):
+        r = short_side(spec) * g.uniform(0.06, 0.15)
+        radii.append(round(r, 1))
+        if g.random() < 0.7:
+            cx, cy = tissue_point(g, tissue_piece(g, layout))
+        else:
+            cx, cy = g.uniform(0, spec.width), g.uniform(0, spec.height)
+        rx, ry = r, r * g.uniform(0.8, 1.0)
+        shape = Ellipse(
+            inside(cx, r, spec.width),
+            inside(cy, r, spec.height),
+            rx,
+            ry,
+            g.uniform(0, np.pi),
+            feather=2.0,
+        )
+        ring = max(3.0 / min(rx, ry), g.uniform(0.06, 0.12))
+        parts.append(Part(shape, {"ring": ring, "rim": float(g.uniform(0.4, 0.7))}))
+    wash = float(g.uniform(0.25, 0.7))
+    info = {"count": len(parts), "radii_px": radii}
+    return Artifact("bubble", 0, wash, tuple(parts), {"wash": wash}, info)
+
+
+def _plan_debris(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    n = int(g.integers(8, 31))
+    clustered = g.random() < 0.5
+    cx, cy = tissue_point(g, tissue_piece(g, layout))
+    spread = 0.15 * short_side(spec)
+    parts = []
+    for _ in range(n):
+        r = max(2.0, (g.uniform(10, 40) if g.random() < 0.1 else g.uniform(3, 12)) / spec.mpp)
+        if clustered:
+            x, y = cx + g.normal(0, spread / 2), cy + g.normal(0, spread / 2)
+        else:
+            x, y = g.uniform(0, spec.width), g.uniform(0, spec.height)
+        shape = Ellipse(
+            inside(x, r, spec.width),
+            inside(y, r, spec.height),
+            r,
+            r * g.uniform(0.4, 1.0),
+            g.uniform(0, np.pi),
+            feather=max(1.5, r * g.uniform(0.1, 0.8)),  # sharp grit to soft dust
+        )
+        grey = g.uniform(25, 80)
+        colour = (grey * g.uniform(1.0, 1.3), grey * g.uniform(0.9, 1.1), grey)
+        parts.append(Part(shape, {"colour": colour, "opacity": float(g.uniform(0.5, 0.95))}))
+    fibres = int(g.integers(0, 5))
+    for _ in range(fibres):
+        hw = max(1.5, g.uniform(1.5, 4) / spec.mpp)
+        length = g.uniform(60, 300) / spec.mpp
+        x, y = (
+            g.uniform(length, max(spec.width - length, length)),
+            g.uniform(length, max(spec.height - length, length)),
+        )
+        a = g.uniform(0, 2 * np.pi) + np.cumsum(g.uniform(-0.4, 0.4, 4))
+        pts = np.array([x, y]) + np.cumsum(length / 4 * np.stack([np.cos(a), np.sin(a)], 1), 0)
+        pts[:, 0] = np.clip(pts[:, 0], hw, spec.width - hw)
+        pts[:, 1] = np.clip(pts[:, 1], hw, spec.height - hw)
+        fibre = Capsules(tuple((float(px), float(py)) for px, py in pts), hw, feather=1.5)
+        parts.append(Part(fibre, {"colour": (70.0, 60.0, 55.0), "opacity": 0.8}))
+    severity = float(np.mean([p.params["opacity"] for p in parts]))
+    info = {"specks": n, "fibres": fibres, "clustered": bool(clustered)}
+    return Artifact("debris", 0, severity, tuple(parts), {}, info)
+
+
+def _plan_edge(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    side = str(g.choice(["left", "right", "top", "bottom"]))
+    w, h = spec.width, spec.height
+    across = w if side in ("left", "right") else h
+    inset = across * g.uniform(0.05, 0.25)
+    tilt = math.radians(g.uniform(-2, 2))
+    # The normal points to the side beyond the coverslip.
+    normal = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "top": (0.0, -1.0), "bottom": (0.0, 1.0)}
+    nx, ny = normal[side]
+    nx, ny = nx * math.cos(tilt) - ny * math.sin(tilt), nx * math.sin(tilt) + ny * math.cos(tilt)
+    px = {"left": inset, "right": w - inset}.get(side, w / 2)
+    py = {"top": inset, "bottom": h - inset}.get(side, h / 2)
+    band = max(6.0, short_side(spec) * g.uniform(0.004, 0.012))
+    depth, gain = float(g.uniform(0.35, 0.75)), float(1 + g.uniform(0.03, 0.08))
+    shape = HalfPlane(px, py, nx, ny, band, (0.0, 0.0, float(w), float(h)), feather=2.0)
+    info = {"side": side, "band_px": round(band, 1), "shadow_depth": round(depth, 3)}
+    info |= {"brightness_gain": round(gain, 3)}
+    params = {"band": band, "depth": depth, "gain": gain}
+    return Artifact("edge", 0, depth, (Part(shape),), params, info)
+
+
+def _plan_stain(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
+    under = g.random() < 0.55
+    f = float(g.uniform(0.35, 0.7) if under else g.uniform(1.4, 2.0))
+    factors = tuple(float(f * g.uniform(0.9, 1.1)) for _ in range(3))
+    if g.random() < 0.5:
+        part, scope = Part(Everywhere()), "slide"
+    else:
+        cx, cy = tissue_point(g, tissue_piece(g, layout))
+        rx = short_side(spec) * g.uniform(0.2, 0.4)
+        part = Part(Ellipse(cx, cy, rx, rx * g.uniform(0.6, 1.0), g.uniform(0, np.pi), 0.3 * rx))
+        scope = "region"
+    severity = float(min(1.0, abs(math.log(f)) / math.log(2.5)))
+    info: dict[str, Any] = {"scope": scope, "direction": "under" if under else "over"}
+    info |= {"od_factor": [round(v, 3) for v in factors]}
+    return Artifact("stain", 0, severity, (part,), {"factors": factors}, info)
+
+
+PLANNERS: dict[str, Planner] = {
+    "blur": _plan_blur,
+    "pen": _plan_pen,
+    "fold": _plan_fold,
+    "bubble": _plan_bubble,
+    "debris": _plan_debris,
+    "edge": _plan_edge,
+    "stain": _plan_stain,
+}
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars to Python numbers (truth fields go to JSON), rounded to 0.001."""
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    return round(v, 3) if isinstance(v, float) else v
+
+
+def plan_artifacts(spec: SlideSpec, layout: Layout) -> tuple[Artifact, ...]:
+    """One artifact per entry of spec.artifacts (a kind may repeat), in that order."""
+    out = []
+    seen: dict[str, int] = {}
+    for kind in spec.artifacts:
+        if kind not in PLANNERS:
+            raise ValueError(f"artifact kind {kind!r}: choose from {', '.join(ARTIFACT_KINDS)}")
+        index = seen.get(kind, 0)
+        seen[kind] = index + 1
+        g = rng(spec.seed, 300 + ARTIFACT_KINDS.index(kind), index)
+        a = PLANNERS[kind](g, spec, layout)
+        info = {k: _plain(v) for k, v in a.info.items()}
+        out.append(Artifact(a.kind, index, round(a.severity, 3), a.parts, a.params, info))
+    return tuple(out)
