@@ -9,8 +9,9 @@ is in effects.py.
 
     blur    defocus: Gaussian PSF, radius 2-8 µm (sigma = radius / 2), over an elliptic region
             with a gradual 12% feather, or the whole slide (1 in 4)
-    pen     1-3 strokes of one ink (green, blue, black, red), 300-800 µm wide (at most 4% of
-            the short side): arcs circling a region, lines, dots; on tissue and glass
+    pen     1-4 strokes of one ink (green, blue, black, red), 300-1000 µm wide (at most 3% of
+            the short side and 1/20 of the shortest stroke), each 10-40% of the long side:
+            rings and arcs circling a region, bent lines, cursive scribbles; tissue and glass
     fold    a band across a tissue piece where the tissue lies doubled (transmission of the
             tissue times that of a neighbouring strip), with a darker crease along its rim
     bubble  1-3 near-circular air bubbles, 6-15% of the short side: dark refractive rim,
@@ -69,43 +70,63 @@ def _plan_blur(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
     return Artifact("blur", 0, severity, (part,), {"sigma": sigma}, info)
 
 
+def _fit(pts: np.ndarray, margin: float, spec: SlideSpec) -> np.ndarray:
+    """Shift the stroke to keep `margin` from the slide's sides where it fits, then clip."""
+    for axis, size in ((0, spec.width), (1, spec.height)):
+        lo, hi = pts[:, axis].min(), pts[:, axis].max()
+        if hi - lo <= size - 2 * margin:
+            pts[:, axis] += max(margin - lo, 0.0) - max(hi - (size - margin), 0.0)
+        pts[:, axis] = np.clip(pts[:, axis], margin, max(size - margin, margin))
+    return pts
+
+
 def _stroke(
-    g: np.random.Generator, spec: SlideSpec, layout: Layout, hw: float
+    g: np.random.Generator, spec: SlideSpec, layout: Layout, hw: float, length: float
 ) -> tuple[tuple[float, float], ...]:
-    piece = tissue_piece(g, layout)
-    style = g.choice(["arc", "line", "dot"], p=[0.5, 0.35, 0.15])
-    if style == "arc":  # circling a region of interest
-        radius = short_side(spec) * g.uniform(0.06, 0.18)
-        cx, cy = tissue_point(g, piece)
-        cx, cy = inside(cx, radius + hw, spec.width), inside(cy, radius + hw, spec.height)
-        a0, span = g.uniform(0, 2 * np.pi), g.uniform(np.radians(200), np.radians(340))
-        a = a0 + span * np.linspace(0, 1, 40)
-        r = radius * (1 + 0.06 * np.sin(2 * a + g.uniform(0, 6)))
-        pts = np.stack([cx + r * np.cos(a), cy + r * 0.8 * np.sin(a)], axis=1)
-    else:
-        x, y = tissue_point(g, piece)
-        length = short_side(spec) * (g.uniform(0.1, 0.3) if style == "line" else 0.001)
-        a = g.uniform(0, 2 * np.pi) + g.uniform(-0.3, 0.3) * np.linspace(-1, 1, 12)
-        steps = length / 11 * np.stack([np.cos(a), np.sin(a)], axis=1)
-        pts = np.array([x, y]) + np.concatenate([[[0.0, 0.0]], np.cumsum(steps[:-1], axis=0)])
-    pts[:, 0] = np.clip(pts[:, 0], hw + 1, max(spec.width - hw - 1, hw + 1))
-    pts[:, 1] = np.clip(pts[:, 1], hw + 1, max(spec.height - hw - 1, hw + 1))
+    """A smooth polyline about `length` long: a ring around a region, an arc, a line or a
+    handwritten-looking scribble, starting on tissue (it runs onto glass freely)."""
+    cx, cy = tissue_point(g, tissue_piece(g, layout))
+    style = g.choice(["ring", "arc", "line", "scribble"], p=[0.3, 0.2, 0.25, 0.25])
+    turn = g.uniform(0, 2 * np.pi)
+    if style in ("ring", "arc"):  # circling (or half-circling) a region of interest
+        span = g.uniform(np.radians(330), np.radians(390)) if style == "ring" else (
+            g.uniform(np.radians(90), np.radians(220))
+        )
+        radius = length / span
+        a = g.uniform(0, 2 * np.pi) + span * np.linspace(0, 1, 96)
+        r = radius * (1 + 0.05 * np.sin(2 * a + g.uniform(0, 6)) + 0.04 * np.linspace(-1, 1, 96))
+        u, v = r * np.cos(a), r * g.uniform(0.65, 1.0) * np.sin(a)
+    elif style == "line":  # a gently bent line (an arrow's shaft, a margin mark)
+        t = np.linspace(-0.5, 0.5, 48)
+        u, v = length * t, length * g.uniform(-0.12, 0.12) * (1 - 4 * t * t)
+    else:  # cursive loops along a baseline (a letter, a number, a scrawl)
+        loops = int(g.integers(3, 9))
+        t = np.linspace(0, 2 * np.pi * loops, 40 * loops)
+        h = length / (loops * g.uniform(2.5, 4.0))
+        adv = length / t[-1] * 0.6
+        u = adv * t - h * g.uniform(0.6, 1.1) * np.sin(t) - adv * t[-1] / 2
+        v = h * np.cos(t) * (1 + 0.3 * np.sin(t / loops * g.uniform(0.5, 2)))
+    c, s = np.cos(turn), np.sin(turn)
+    pts = np.stack([cx + c * u - s * v, cy + s * u + c * v], axis=1)
+    pts = _fit(pts, hw + 1, spec)
     return tuple((float(px), float(py)) for px, py in pts)
 
 
 def _plan_pen(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
     colour = str(g.choice(list(INKS)))
-    width_um = float(g.uniform(300, 800))
-    hw = max(3.0, min(width_um / spec.mpp / 2, 0.02 * short_side(spec)))
+    width_um = float(g.uniform(300, 1000))
     opacity = float(g.uniform(0.55, 0.95))
+    lengths = float(max(spec.width, spec.height)) * g.uniform(0.1, 0.4, int(g.integers(1, 5)))
+    # One pen, one width: at most 3% of the short side and 1/20 of the shortest stroke.
+    cap = min(0.015 * short_side(spec), float(lengths.min()) / 40)
+    hw = max(1.5, min(width_um / spec.mpp / 2, cap))
     strokes = tuple(
-        Part(Capsules(_stroke(g, spec, layout, hw), hw, feather=2.0))
-        for _ in range(int(g.integers(1, 4)))
+        Part(Capsules(_stroke(g, spec, layout, hw, float(n)), hw, feather=2.0)) for n in lengths
     )
     info = {"colour": colour, "rgb": list(INKS[colour]), "width_um": round(width_um, 1)}
     info |= {"width_px": round(2 * hw, 1), "strokes": len(strokes)}
     params = {"ink": INKS[colour], "opacity": opacity}
-    return Artifact("pen", 0, opacity, strokes, params, info)
+    return Artifact("pen", 0, opacity, tuple(strokes), params, info)
 
 
 def _plan_fold(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:

@@ -6,8 +6,10 @@ orientation, and its cells show that block, so tissue is continuous inside a sup
 seams fall only between super-cells. The anchor's kind (cellular, fatty, stroma) and source
 slide follow smooth value-noise fields over the super-cells, so neighbouring super-cells tend
 to agree and a slide shows coherent regions; a source's share of the area follows its patch
-count. A super-cell avoids anchors whose blocks overlap those its left and upper neighbours
-drew, so the same tissue never appears twice side by side (in mirror image).
+count. Within a region of _REGION x _REGION super-cells, a super-cell continues its
+neighbours' source tissue where the source has an anchor there (no seam at all); otherwise it
+draws an anchor, avoiding ones whose blocks overlap those its left and upper neighbours drew.
+Patches are never flipped or turned (mirrored neighbours read as a kaleidoscope).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy.typing as npt
 from edge.synth.noise import hash_u64, value_noise
 from edge.synth.texture import KINDS, SUPER, TextureBank
 
-_SALT_PICK, _SALT_KIND, _SALT_SOURCE, _SALT_FLIP_Y, _SALT_FLIP_X, _SALT_SPARE = range(101, 107)
+_SALT_PICK, _SALT_KIND, _SALT_SOURCE, _SALT_SPARE, _SALT_CONTINUE = range(101, 106)
+
+_REGION = 3  # super-cells per side of a region that shows one window of a source
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -94,27 +98,45 @@ def _anchors(seed: int, patches: TextureBank, sy: I64, sx: I64) -> tuple[I64, I6
     avoids anchors whose blocks overlap the blocks its left and upper neighbours drew first:
     a repeat next to itself, in mirror image, is the most visible thing a texture can do."""
     gy, gx = np.arange(sy[0] - 1, sy[-1] + 1)[:, None], np.arange(sx[0] - 1, sx[-1] + 1)[None, :]
-    kind_v = value_noise(seed, _SALT_KIND, gx + 0.5, gy + 0.5, 2.0)
+    kind_v = value_noise(seed, _SALT_KIND, gx + 0.5, gy + 0.5, 5.0)
     # About a fifth of the area asks for fatty blocks and a fifth for stroma-rich ones (a pool
     # too small widens, see _pool_table; fat.py adds adipose regions of its own).
     kind = np.where(kind_v < 0.33, 1, np.where(kind_v > 0.67, 2, 0))
     # A source's share of the area follows its patch count, so small sources repeat less.
     share = np.cumsum(np.bincount(patches.source)) / patches.count
     src_v = np.clip(
-        (value_noise(seed, _SALT_SOURCE, gx + 0.5, gy + 0.5, 4.0) - 0.5) * 1.6, -0.5, 0.5
+        (value_noise(seed, _SALT_SOURCE, gx + 0.5, gy + 0.5, 8.0) - 0.5) * 1.6, -0.5, 0.5
     )
     src = np.minimum(np.searchsorted(share, src_v + 0.5, side="right"), len(share) - 1)
     pool, _ = _pools(patches)
     h = hash_u64(seed, _SALT_PICK, gx, gy)
-    first = _pick(pool, src, kind, h)
+    # Where the source allows, a super-cell continues its neighbours' tissue: the super-cells
+    # are grouped in regions of _REGION x _REGION, and a region shows one window of its
+    # source's grid (at an offset hashed from the region), so neighbours in a region with the
+    # same source show neighbouring tissue and there is no seam between them. Regions differ,
+    # so nothing repeats periodically; a source too small for a window is never continued.
+    shape = patches.grid_shape[src]
+    span = _REGION * SUPER
+    ry, rx = shape[..., 0] - span + 1, shape[..., 1] - span + 1
+    big = (ry > 0) & (rx > 0)
+    ry, rx = np.maximum(ry, 1), np.maximum(rx, 1)
+    off = hash_u64(seed, _SALT_CONTINUE, gx // _REGION, gy // _REGION)
+    oy = ((off & np.uint64(0xFFFF)).astype(np.int64)) % ry
+    ox = (((off >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)) % rx
+    row, col = oy + gy % _REGION * SUPER, ox + gx % _REGION * SUPER
+    row, col = np.minimum(row, shape[..., 0] - 1), np.minimum(col, shape[..., 1] - 1)
+    cont = np.where(big, patches.grid[patches.grid_start[src] + row * shape[..., 1] + col], -1)
+    ok = cont >= 0
+    ok &= patches.anchor[np.where(ok, cont, 0)]
+    first = np.where(ok, cont, _pick(pool, src, kind, h))
     left, up = first[1:, :-1], first[:-1, 1:]
     inner = (slice(1, None), slice(1, None))
     anchor = first[inner]
+    free = ~ok[inner]
     for bump in (1, 2, 3):
-        clash = _overlap(patches, anchor, left) | _overlap(patches, anchor, up)
+        clash = free & (_overlap(patches, anchor, left) | _overlap(patches, anchor, up))
         anchor = np.where(clash, _pick(pool, src[inner], kind[inner], h[inner], bump), anchor)
-    transpose = ((h[inner] >> np.uint64(40)) & np.uint64(1)).astype(np.int64)
-    return anchor, transpose
+    return anchor, np.zeros_like(anchor)
 
 
 def cell_table(seed: int, patches: TextureBank, y0: int, y1: int, x0: int, x1: int) -> CellTable:
@@ -129,10 +151,10 @@ def cell_table(seed: int, patches: TextureBank, y0: int, y1: int, x0: int, x1: i
     iy, ix = (sy - sy[0])[:, None], (sx - sx[0])[None, :]
     anchor, transpose = anchors[iy, ix], transposes[iy, ix]
     src = patches.source[anchor]
-    flip_y = (hash_u64(seed, _SALT_FLIP_Y, sy) & np.uint64(1)).astype(np.int64)
-    flip_x = (hash_u64(seed, _SALT_FLIP_X, sx) & np.uint64(1)).astype(np.int64)
-    my = np.where(flip_y == 1, SUPER - 1 - cy % SUPER, cy % SUPER)[:, None]
-    mx = np.where(flip_x == 1, SUPER - 1 - cx % SUPER, cx % SUPER)[None, :]
+    # No flips or transposes: a mirrored or turned neighbour is the most visible thing a
+    # texture can do (a kaleidoscope of blocks at low zoom); the table keeps the bits at 0.
+    flip_y, flip_x = np.zeros(cy.size, np.int64), np.zeros(cx.size, np.int64)
+    my, mx = (cy % SUPER)[:, None], (cx % SUPER)[None, :]
     row = patches.pos[anchor, 0] + np.where(transpose == 1, mx, my)
     col = patches.pos[anchor, 1] + np.where(transpose == 1, my, mx)
     shape = patches.grid_shape[src]
