@@ -89,8 +89,10 @@ def _stroke(
     style = g.choice(["ring", "arc", "line", "scribble"], p=[0.3, 0.2, 0.25, 0.25])
     turn = g.uniform(0, 2 * np.pi)
     if style in ("ring", "arc"):  # circling (or half-circling) a region of interest
-        span = g.uniform(np.radians(330), np.radians(390)) if style == "ring" else (
-            g.uniform(np.radians(90), np.radians(220))
+        span = (
+            g.uniform(np.radians(330), np.radians(390))
+            if style == "ring"
+            else (g.uniform(np.radians(90), np.radians(220)))
         )
         radius = length / span
         a = g.uniform(0, 2 * np.pi) + span * np.linspace(0, 1, 96)
