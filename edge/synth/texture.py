@@ -10,7 +10,10 @@ Sources (relative to the texture directory, the real-file kit of tests/conftest.
 H&E sources are brought to about the same scale (OS-1 is box-halved) so that nuclei keep one
 size across a slide; nothing is ever upsampled, since a clean slide must be sharp everywhere.
 Each source is white-balanced so that its glass maps to our glass colour, its stain colour
-is pulled halfway towards the mean of its stain's sources (in optical density), and it is
+is pulled halfway towards the mean of its stain's sources (in optical density), its local
+tone is evened out by a gain field that varies slowly over the source (_even_tone: pale and
+dense stretches are pulled towards the common tone, so neighbouring super-cells from different
+places agree in colour at thumbnail zoom), and it is
 cut into PATCH x PATCH patches on a CELL-pitch grid (neighbouring patches overlap by
 2*OVERLAP, exactly as neighbouring lattice cells do, so a block of neighbouring patches shows
 continuous tissue). A grid position is kept when at least half of its 16 px blocks are
@@ -62,6 +65,10 @@ SOURCES: tuple[tuple[str, int, str, int], ...] = (
 )
 TEXTURE_MPP = {"H&E": 0.5, "IHC": 0.227}  # approximate scale of the real texture
 _REPO = Path(__file__).resolve().parents[2]
+_TONE = 0.9  # strength of the pull of local tissue tone towards the common tone (0: none)
+_TONE_SIGMA = 1.0  # smoothing of the local tone, in grid positions
+_TONE_CLIP = (0.5, 2.0)  # bounds of the optical-density gain
+_TISSUE_OD = 0.2  # summed optical density of a tissue pixel
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -129,6 +136,59 @@ def patch_pyramid(patches: U8) -> tuple[U8, ...]:
     return tuple(levels)
 
 
+def _tone_field(cut: Cut, target: F32) -> F32:
+    """Per-channel OD gain at the centre of every grid position of `cut`'s source, padded by one
+    position on each side: (target / local tissue OD) ** _TONE, the local OD a tissue-weighted
+    Gaussian mean over neighbouring positions (sigma _TONE_SIGMA positions)."""
+    rows, cols = cut.shape
+    small = cut.patches[..., 2::4, 2::4].astype(np.float32)  # quarter resolution statistics
+    glass = GLASS.astype(np.float32)[None, :, None, None]
+    od = -np.log((small + 1.0) / (glass + 1.0))
+    tissue = (od.sum(axis=1) > _TISSUE_OD).astype(np.float32)  # (m, h, w)
+    weight = tissue.sum(axis=(1, 2))
+    sums = (od * tissue[:, None]).sum(axis=(2, 3))  # (m, 3)
+    w_grid = np.zeros((rows + 2, cols + 2), np.float64)
+    s_grid = np.zeros((rows + 2, cols + 2, 3), np.float64)
+    w_grid[cut.pos[:, 0] + 1, cut.pos[:, 1] + 1] = weight
+    s_grid[cut.pos[:, 0] + 1, cut.pos[:, 1] + 1] = sums
+    r = np.arange(rows + 2, dtype=np.float64)
+    c = np.arange(cols + 2, dtype=np.float64)
+    ky = np.exp(-0.5 * ((r[:, None] - r[None, :]) / _TONE_SIGMA) ** 2)
+    kx = np.exp(-0.5 * ((c[:, None] - c[None, :]) / _TONE_SIGMA) ** 2)
+    w_s = ky @ w_grid @ kx.T
+    s_s = np.einsum("ab,bcz,dc->adz", ky, s_grid, kx)
+    overall = sums.sum(axis=0) / max(float(weight.sum()), 1.0)
+    local = np.where(w_s[..., None] > 1e-6, s_s / np.maximum(w_s, 1e-6)[..., None], overall)
+    gain = (target.astype(np.float64) / np.maximum(local, 1e-3)) ** _TONE
+    out: F32 = np.clip(gain, _TONE_CLIP[0], _TONE_CLIP[1]).astype(np.float32)
+    return out
+
+
+def _even_tone(cut: Cut, target: F32) -> None:
+    """Even out the tissue's tone across a source: scale optical density per pixel by a gain
+    field that varies slowly over the *source* (bilinear between grid-position centres), so
+    neighbouring patches still agree exactly where they overlap and a block of neighbouring
+    patches stays continuous, while pale and dense stretches of tissue are pulled towards the
+    common tone. Without this, neighbouring super-cells from different places differ in tone,
+    which reads as a mosaic of squares at thumbnail zoom."""
+    gain = _tone_field(cut, target)  # (rows + 2, cols + 2, 3), centres at r * CELL + PATCH / 2
+    u = (np.arange(PATCH, dtype=np.float64) + 0.5 - PATCH / 2) / CELL  # offset from own centre
+    i0 = np.floor(u).astype(np.int64)
+    t = (u - i0).astype(np.float32)
+    glass = GLASS.astype(np.float32)
+    logs = np.log((np.arange(256, dtype=np.float32)[None, :] + 1.0) / (glass[:, None] + 1.0))
+    for k, (pr, pc) in enumerate(cut.pos.tolist()):
+        ry, rx = pr + 1 + i0, pc + 1 + i0  # padded grid indices of the lower centres
+        g00, g01 = gain[ry[:, None], rx[None, :]], gain[ry[:, None], rx[None, :] + 1]
+        g10, g11 = gain[ry[:, None] + 1, rx[None, :]], gain[ry[:, None] + 1, rx[None, :] + 1]
+        tx, ty = t[None, :, None], t[:, None, None]
+        top = g00 + (g01 - g00) * tx
+        g = top + (g10 + (g11 - g10) * tx - top) * ty  # (PATCH, PATCH, 3)
+        for ch in range(3):
+            v = np.exp(logs[ch][cut.patches[k, ch]] * g[..., ch]) * (glass[ch] + 1.0) - 0.5
+            cut.patches[k, ch] = np.clip(v, 0.0, 255.0).astype(np.uint8)
+
+
 def _assemble(stain: str, origin: str, files: tuple[str, ...], cuts: list[Cut]) -> TextureBank:
     patches = np.concatenate([c.patches for c in cuts])
     n_per = [len(c.kind) for c in cuts]
@@ -168,6 +228,7 @@ def load_patches(directory: Path | None, stain: str) -> TextureBank:
         target = np.mean([c.od_mean for c in cuts], axis=0).astype(np.float32)
         for cut in cuts:
             recolour(cut, target)
+            _even_tone(cut, target)
         return _assemble(stain, "real", tuple(files), cuts)
     proc, kinds = procedural_patches(stain, PATCH)
     # Procedural patches have no neighbours: a one-row grid with gaps, no anchors.
