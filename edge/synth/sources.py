@@ -20,7 +20,8 @@ import tifffile
 LOGGER = logging.getLogger(__name__)
 
 PATCH = 256  # patch side in level-0 pixels, a power of two so the patch pyramid is exact
-CELL = 224  # lattice pitch; a patch overhangs its cell by OVERLAP on each side
+CELL = 160  # lattice pitch: patches overhang by OVERLAP = 48 px a side, so neighbours cross-fade
+# over 96 px; with the earlier 224 (32 px overlap) the cells showed as a mosaic when zoomed out
 OVERLAP = (PATCH - CELL) // 2
 SUPER = 2  # cells per side of a super-cell, which maps to a block of neighbouring patches
 GLASS = np.array([240.0, 240.0, 242.0])
