@@ -31,7 +31,7 @@ from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
-from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec
+from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec, check_unit
 from edge.synth.writers import FORMATS as SYNTH_FORMATS
 from edge.synth.writers import MAX_SIDE, check_request, write
 
@@ -128,6 +128,18 @@ def _synth_parser(sub: Any) -> None:
         "--artifacts",
         default="none",
         help=f"comma-separated {','.join(ARTIFACT_KINDS)}, or none (default)",
+    )
+    synth.add_argument(
+        "--severity",
+        default=None,
+        help="strength of every planted artifact, 0..1 within its kind's range "
+        "(default: drawn from the seed)",
+    )
+    synth.add_argument(
+        "--extent",
+        default=None,
+        help="size of every planted artifact, 0..1 within its kind's range "
+        "(default: drawn from the seed)",
     )
     synth.add_argument("--tissue", default="H&E", help=f"stain: {' or '.join(STAINS)}")
     synth.add_argument("--mpp", default="0.25", help="µm per level-0 pixel (default 0.25)")
@@ -252,7 +264,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_INPUT if failures else EXIT_OK
 
 
-_SYNTH_VALUE_OPTIONS = ("--size", "--seed", "--mpp", "--quality", "--tile")
+_SYNTH_VALUE_OPTIONS = (
+    "--size",
+    "--seed",
+    "--mpp",
+    "--quality",
+    "--tile",
+    "--severity",
+    "--extent",
+)
 
 
 def _number(option: str, text: str, kind: Callable[[str], Any], what: str) -> Any:
@@ -287,6 +307,15 @@ def _synth_spec(args: argparse.Namespace) -> SlideSpec:
         raise ValueError(f"--tissue {args.tissue!r}: choose {' or '.join(STAINS)}")
     if args.texture is not None and not args.texture.is_dir():
         raise ValueError(f"--texture {args.texture}: no such folder")
+    settings: dict[str, float | None] = {}
+    for name in ("severity", "extent"):
+        text = getattr(args, name)
+        value = None if text is None else _number(f"--{name}", text, float, "a number 0..1")
+        try:
+            check_unit(name, value)
+        except ValueError:
+            raise ValueError(f"--{name} {text!r}: expected a number from 0 to 1") from None
+        settings[name] = value
     return SlideSpec(
         width=int(size.group(1)),
         height=int(size.group(2)),
@@ -295,6 +324,7 @@ def _synth_spec(args: argparse.Namespace) -> SlideSpec:
         stain=stain,
         artifacts=tuple(dict.fromkeys(kinds)),
         barcode=args.barcode if args.barcode is not None else f"SYNTH-{seed:04d}",
+        **settings,
     )
 
 

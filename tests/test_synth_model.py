@@ -149,6 +149,62 @@ def test_artifacts_are_planned_independently(clean: SyntheticSlide) -> None:
     assert clean.truth().artifacts == ()
 
 
+# -- artifact severity and extent ---------------------------------------------------------------
+
+
+def _effect(m: SyntheticSlide, clean: SyntheticSlide, d: int = 2) -> float:
+    return float(np.abs(_level(m, d).astype(np.int16) - _level(clean, d)).mean())
+
+
+def test_unset_severity_and_extent_leave_the_slide_as_it_was() -> None:
+    old = make_model(SlideSpec(W, H, seed=5, artifacts=ARTIFACT_KINDS))
+    new = _model(seed=5, artifacts=ARTIFACT_KINDS, severity=None, extent=None)
+    assert np.array_equal(_level(old, 4), _level(new, 4))
+    assert all("set_severity" not in a and "set_extent" not in a for a in old.truth().artifacts)
+
+
+@pytest.mark.parametrize("kind", ["blur", "bubble", "stain"])
+def test_higher_severity_is_a_stronger_effect(kind: str, clean: SyntheticSlide) -> None:
+    mild, strong = (_model(seed=5, artifacts=(kind,), severity=s) for s in (0.1, 0.9))
+    a, b = mild.truth().artifacts[0], strong.truth().artifacts[0]
+    assert a["bbox"] == b["bbox"]  # same place and size: only the strength moved
+    assert a["severity"] < b["severity"]
+    assert (a["set_severity"], b["set_severity"]) == (0.1, 0.9)
+    assert _effect(mild, clean) < _effect(strong, clean)
+    if kind == "blur":
+        assert a["radius_um"] < b["radius_um"]
+
+
+@pytest.mark.parametrize("kind", ["blur", "bubble", "stain", "fold", "pen", "edge"])
+def test_higher_extent_is_a_larger_mask(kind: str) -> None:
+    small, large = (_model(seed=5, artifacts=(kind,), extent=e) for e in (0.1, 0.9))
+    assert small.masks(4)[kind].sum() < large.masks(4)[kind].sum()
+    assert small.truth().artifacts[0]["set_extent"] == 0.1
+    if kind in ("blur", "stain"):  # a set extent is always a region, never the whole slide
+        assert small.truth().artifacts[0]["scope"] == "region"
+
+
+def test_debris_extent_is_the_speck_count() -> None:
+    counts = [_model(seed=5, artifacts=("debris",), extent=e).truth().artifacts[0] for e in (0, 1)]
+    assert [c["specks"] for c in counts] == [8, 30]
+
+
+@pytest.mark.parametrize("kind", ARTIFACT_KINDS)
+def test_the_largest_strongest_artifact_fits_a_tiny_slide(kind: str) -> None:
+    m = make_model(SlideSpec(48, 32, seed=2, artifacts=(kind,), severity=1.0, extent=1.0))
+    (art,) = m.truth().artifacts
+    assert art["set_extent"] == 1.0 and art["bbox"][2] > 0 and art["bbox"][3] > 0
+    assert m.masks(1)[kind].any()
+    assert m.region(0, 0, 48, 32).shape == (32, 48, 3)
+
+
+@pytest.mark.parametrize("field", ["severity", "extent"])
+@pytest.mark.parametrize("value", [-0.01, 1.01, float("nan"), float("inf"), True, "0.5"])
+def test_severity_and_extent_outside_0_to_1_are_value_errors(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"{field} .*from 0 to 1"):
+        SlideSpec(W, H, artifacts=("blur",), **{field: value})  # type: ignore[arg-type]
+
+
 def test_truth_fractions_come_from_the_masks(busy: SyntheticSlide) -> None:
     truth = busy.truth()
     d = truth.extra["truth_downsample"]

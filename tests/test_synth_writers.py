@@ -5,6 +5,7 @@ nonsense with one line and exit status 2."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -321,6 +322,9 @@ def test_cli_writes_a_slide(tmp_path: Path) -> None:
         (["--seed", "x"], "--seed"),
         (["--mpp", "0"], "mpp"),
         (["--tissue", "PAS"], "H&E or IHC"),
+        (["--severity", "1.5"], "--severity '1.5': expected a number from 0 to 1"),
+        (["--extent", "-0.1"], "--extent '-0.1': expected a number from 0 to 1"),
+        (["--extent", "big"], "--extent 'big'"),
         (["--format", "ndpi", "--jpeg2000"], "JPEG only"),
         (["--format", "ndpi", "--size", "70000x64"], "at most 65500 pixels wide"),
     ],
@@ -332,3 +336,12 @@ def test_cli_refuses_nonsense_with_one_line(
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_sets_artifact_severity_and_extent(tmp_path: Path) -> None:
+    out = tmp_path / "set.tiff"
+    args = ["--size", "320x240", "--format", "tiff", "--artifacts", "blur,bubble", "--truth"]
+    assert main(["synth", "-q", "-o", str(out), *args, "--severity", "0.7", "--extent=0.4"]) == 0
+    truth = json.loads(out.with_name(out.name + ".truth.json").read_text())
+    assert (truth["spec"]["severity"], truth["spec"]["extent"]) == (0.7, 0.4)
+    assert [(a["set_severity"], a["set_extent"]) for a in truth["artifacts"]] == [(0.7, 0.4)] * 2

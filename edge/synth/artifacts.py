@@ -26,6 +26,26 @@ is in effects.py.
 Severity in [0, 1]: blur (radius_um - 1) / 7; pen the ink's opacity; fold how fully the
 second layer adds (1: transmissions multiply); bubble how much the interior is washed out;
 debris the specks' mean opacity; edge the shadow's depth; stain |ln factor| / ln 2.5.
+
+SlideSpec.severity and SlideSpec.extent (each 0..1, None = drawn from the seed) set every
+artifact's strength and size at a place in its kind's range above (0 the mildest or smallest
+the kind makes, 1 the strongest or largest); what is not set is still drawn, and every draw is
+still made, so setting one changes nothing else about the slide:
+
+    kind    severity sets                          extent sets
+    blur    radius 2-8 µm                          region radius 12-30% (always a region)
+    pen     ink opacity 0.55-0.95                  each stroke 10-40% of the long side
+    fold    second layer 0.5-1 (darkening)         length 0.6-1.4 and width 0.04-0.1 of the
+                                                   piece's radius (a core's crease: width
+                                                   0.2-0.45 of its radius)
+    bubble  wash 0.25-0.7 and rim 0.4-0.7          radius 6-15% of the short side
+    debris  speck and fibre opacity 0.5-0.95       8-30 specks
+    edge    shadow depth 0.35-0.75, gain 3-8%      inset 5-25% of the slide, band 0.4-1.2%
+    stain   factor 0.7-0.35 (under), 1.4-2.0 (over) region radius 20-40% (always a region)
+
+The truth records the settings as "set_severity" / "set_extent". All sizes are fractions of the
+slide (or of a tissue piece) and are moved or clipped to stay inside it, so no setting can make
+an artifact that does not fit.
 """
 
 from __future__ import annotations
@@ -54,14 +74,19 @@ from edge.synth.shapes import Capsules, Ellipse, Everywhere, HalfPlane
 __all__ = ["INKS", "PLANNERS", "TISSUE_ONLY", "Artifact", "Part", "plan_artifacts"]
 
 
+def _set(setting: float | None, drawn: Any, lo: float, hi: float) -> Any:
+    """`drawn` (from the seed) unchanged, or the spec's setting (0..1) placed in [lo, hi]."""
+    return drawn if setting is None else lo + float(setting) * (hi - lo)
+
+
 def _plan_blur(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
-    radius_um = float(g.uniform(2.0, 8.0))
+    radius_um = float(_set(spec.severity, g.uniform(2.0, 8.0), 2.0, 8.0))
     sigma = radius_um / spec.mpp / 2.0
-    if g.random() < 0.25:
+    if g.random() < 0.25 and spec.extent is None:
         part, scope = Part(Everywhere()), "slide"
     else:
         cx, cy = tissue_point(g, tissue_piece(g, layout))
-        rx = short_side(spec) * g.uniform(0.12, 0.3)
+        rx = short_side(spec) * _set(spec.extent, g.uniform(0.12, 0.3), 0.12, 0.3)
         ry = rx * g.uniform(0.6, 1.0)
         shape = Ellipse(cx, cy, rx, ry, g.uniform(0, np.pi), feather=0.12 * rx)
         part, scope = Part(shape), "region"
@@ -117,8 +142,11 @@ def _stroke(
 def _plan_pen(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
     colour = str(g.choice(list(INKS)))
     width_um = float(g.uniform(300, 1000))
-    opacity = float(g.uniform(0.55, 0.95))
-    lengths = float(max(spec.width, spec.height)) * g.uniform(0.1, 0.4, int(g.integers(1, 5)))
+    opacity = float(_set(spec.severity, g.uniform(0.55, 0.95), 0.55, 0.95))
+    drawn = g.uniform(0.1, 0.4, int(g.integers(1, 5)))
+    if spec.extent is not None:
+        drawn = np.full(drawn.shape, _set(spec.extent, None, 0.1, 0.4))
+    lengths = float(max(spec.width, spec.height)) * drawn
     # One pen, one width: at most 3% of the short side and 1/20 of the shortest stroke.
     cap = min(0.015 * short_side(spec), float(lengths.min()) / 40)
     hw = max(1.5, min(width_um / spec.mpp / 2, cap))
@@ -137,11 +165,12 @@ def _plan_fold(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
     if piece.kind == "core":  # a crease across the core
         (ax, ay), (bx, by) = piece.points[0], piece.points[-1]
         angle = math.atan2(by - ay, bx - ax) + np.pi / 2 + g.uniform(-0.4, 0.4)
-        length, hw = 2.4 * piece.radius, piece.radius * g.uniform(0.2, 0.45)
+        hw = piece.radius * _set(spec.extent, g.uniform(0.2, 0.45), 0.2, 0.45)
+        length = 2.4 * piece.radius
     else:
         angle = g.uniform(0, np.pi)
-        length = piece.radius * g.uniform(0.6, 1.4)
-        hw = piece.radius * g.uniform(0.04, 0.1)
+        length = piece.radius * _set(spec.extent, g.uniform(0.6, 1.4), 0.6, 1.4)
+        hw = piece.radius * _set(spec.extent, g.uniform(0.04, 0.1), 0.04, 0.1)
     hw = max(hw, 4.0)
     ux, uy = math.cos(angle), math.sin(angle)
     bend = g.uniform(-0.1, 0.1) * length
@@ -152,7 +181,7 @@ def _plan_fold(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
         )
         for t in (-1.0, 0.0, 1.0)
     )
-    strength = float(g.uniform(0.5, 1.0))
+    strength = float(_set(spec.severity, g.uniform(0.5, 1.0), 0.5, 1.0))
     shift = 2 * hw * g.uniform(0.8, 1.5) * g.choice([-1, 1])
     params = {"shift": (-uy * shift, ux * shift), "strength": strength, "rim": max(2.0, 0.15 * hw)}
     info = {"width_px": round(2 * hw, 1), "length_px": round(length, 1)}
@@ -163,7 +192,7 @@ def _plan_fold(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
 def _plan_bubble(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
     parts, radii = [], []
     for _ in range(int(g.integers(1, 4))):
-        r = short_side(spec) * g.uniform(0.06, 0.15)
+        r = short_side(spec) * _set(spec.extent, g.uniform(0.06, 0.15), 0.06, 0.15)
         radii.append(round(r, 1))
         if g.random() < 0.7:
             cx, cy = tissue_point(g, tissue_piece(g, layout))
@@ -179,14 +208,16 @@ def _plan_bubble(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Art
             feather=2.0,
         )
         ring = max(3.0 / min(rx, ry), g.uniform(0.06, 0.12))
-        parts.append(Part(shape, {"ring": ring, "rim": float(g.uniform(0.4, 0.7))}))
-    wash = float(g.uniform(0.25, 0.7))
+        rim = float(_set(spec.severity, g.uniform(0.4, 0.7), 0.4, 0.7))
+        parts.append(Part(shape, {"ring": ring, "rim": rim}))
+    wash = float(_set(spec.severity, g.uniform(0.25, 0.7), 0.25, 0.7))
     info = {"count": len(parts), "radii_px": radii}
     return Artifact("bubble", 0, wash, tuple(parts), {"wash": wash}, info)
 
 
 def _plan_debris(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
     n = int(g.integers(8, 31))
+    n = n if spec.extent is None else round(_set(spec.extent, None, 8, 30))
     clustered = g.random() < 0.5
     cx, cy = tissue_point(g, tissue_piece(g, layout))
     spread = 0.15 * short_side(spec)
@@ -207,7 +238,8 @@ def _plan_debris(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Art
         )
         grey = g.uniform(25, 80)
         colour = (grey * g.uniform(1.0, 1.3), grey * g.uniform(0.9, 1.1), grey)
-        parts.append(Part(shape, {"colour": colour, "opacity": float(g.uniform(0.5, 0.95))}))
+        opacity = float(_set(spec.severity, g.uniform(0.5, 0.95), 0.5, 0.95))
+        parts.append(Part(shape, {"colour": colour, "opacity": opacity}))
     fibres = int(g.integers(0, 5))
     for _ in range(fibres):
         hw = max(1.5, g.uniform(1.5, 4) / spec.mpp)
@@ -221,7 +253,8 @@ def _plan_debris(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Art
         pts[:, 0] = np.clip(pts[:, 0], hw, spec.width - hw)
         pts[:, 1] = np.clip(pts[:, 1], hw, spec.height - hw)
         fibre = Capsules(tuple((float(px), float(py)) for px, py in pts), hw, feather=1.5)
-        parts.append(Part(fibre, {"colour": (70.0, 60.0, 55.0), "opacity": 0.8}))
+        opacity = float(_set(spec.severity, 0.8, 0.5, 0.95))
+        parts.append(Part(fibre, {"colour": (70.0, 60.0, 55.0), "opacity": opacity}))
     severity = float(np.mean([p.params["opacity"] for p in parts]))
     info = {"specks": n, "fibres": fibres, "clustered": bool(clustered)}
     return Artifact("debris", 0, severity, tuple(parts), {}, info)
@@ -231,7 +264,7 @@ def _plan_edge(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
     side = str(g.choice(["left", "right", "top", "bottom"]))
     w, h = spec.width, spec.height
     across = w if side in ("left", "right") else h
-    inset = across * g.uniform(0.05, 0.25)
+    inset = across * _set(spec.extent, g.uniform(0.05, 0.25), 0.05, 0.25)
     tilt = math.radians(g.uniform(-2, 2))
     # The normal points to the side beyond the coverslip.
     normal = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "top": (0.0, -1.0), "bottom": (0.0, 1.0)}
@@ -239,8 +272,9 @@ def _plan_edge(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
     nx, ny = nx * math.cos(tilt) - ny * math.sin(tilt), nx * math.sin(tilt) + ny * math.cos(tilt)
     px = {"left": inset, "right": w - inset}.get(side, w / 2)
     py = {"top": inset, "bottom": h - inset}.get(side, h / 2)
-    band = max(6.0, short_side(spec) * g.uniform(0.004, 0.012))
-    depth, gain = float(g.uniform(0.35, 0.75)), float(1 + g.uniform(0.03, 0.08))
+    band = max(6.0, short_side(spec) * _set(spec.extent, g.uniform(0.004, 0.012), 0.004, 0.012))
+    depth = float(_set(spec.severity, g.uniform(0.35, 0.75), 0.35, 0.75))
+    gain = float(1 + _set(spec.severity, g.uniform(0.03, 0.08), 0.03, 0.08))
     shape = HalfPlane(px, py, nx, ny, band, (0.0, 0.0, float(w), float(h)), feather=2.0)
     info = {"side": side, "band_px": round(band, 1), "shadow_depth": round(depth, 3)}
     info |= {"brightness_gain": round(gain, 3)}
@@ -250,13 +284,16 @@ def _plan_edge(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artif
 
 def _plan_stain(g: np.random.Generator, spec: SlideSpec, layout: Layout) -> Artifact:
     under = g.random() < 0.55
-    f = float(g.uniform(0.35, 0.7) if under else g.uniform(1.4, 2.0))
+    drawn = g.uniform(0.35, 0.7) if under else g.uniform(1.4, 2.0)
+    f = float(
+        _set(spec.severity, drawn, 0.7, 0.35) if under else _set(spec.severity, drawn, 1.4, 2.0)
+    )
     factors = tuple(float(f * g.uniform(0.9, 1.1)) for _ in range(3))
-    if g.random() < 0.5:
+    if g.random() < 0.5 and spec.extent is None:
         part, scope = Part(Everywhere()), "slide"
     else:
         cx, cy = tissue_point(g, tissue_piece(g, layout))
-        rx = short_side(spec) * g.uniform(0.2, 0.4)
+        rx = short_side(spec) * _set(spec.extent, g.uniform(0.2, 0.4), 0.2, 0.4)
         part = Part(Ellipse(cx, cy, rx, rx * g.uniform(0.6, 1.0), g.uniform(0, np.pi), 0.3 * rx))
         scope = "region"
     severity = float(min(1.0, abs(math.log(f)) / math.log(2.5)))
@@ -297,5 +334,9 @@ def plan_artifacts(spec: SlideSpec, layout: Layout) -> tuple[Artifact, ...]:
         g = rng(spec.seed, 300 + ARTIFACT_KINDS.index(kind), index)
         a = PLANNERS[kind](g, spec, layout)
         info = {k: _plain(v) for k, v in a.info.items()}
+        if spec.severity is not None:
+            info["set_severity"] = float(spec.severity)
+        if spec.extent is not None:
+            info["set_extent"] = float(spec.extent)
         out.append(Artifact(a.kind, index, round(a.severity, 3), a.parts, a.params, info))
     return tuple(out)

@@ -31,6 +31,23 @@ class SlideSpec:
     stain: str = "H&E"
     artifacts: tuple[str, ...] = ()  # kinds from ARTIFACT_KINDS; () = a clean slide
     barcode: str = ""
+    # Every planted artifact's strength and size, each 0..1 within its kind's range (see
+    # edge.synth.artifacts); None draws it from the seed (the default, as before).
+    severity: float | None = None
+    extent: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("severity", "extent"):
+            check_unit(name, getattr(self, name))
+
+
+def check_unit(name: str, value: object) -> None:
+    """ValueError unless `value` is None or a number from 0 to 1."""
+    if value is None:
+        return
+    ok = isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) <= 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} {value!r}: expected a number from 0 to 1 (or none)")
 
 
 @dataclass(frozen=True)
