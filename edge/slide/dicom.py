@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 
 from edge.errors import CorruptInput, InputError, UnsupportedInput
 from edge.slide import j2k, jpeg
-from edge.slide.limits import check_associated, check_level_geometry
+from edge.slide.limits import check_associated, check_level_geometry, check_samples
 from edge.slide.model import (
     AssociatedImage,
     AssociatedKind,
@@ -353,12 +353,9 @@ class DicomSlide:
             raise type(exc)(inst.path, f"frame {index + 1}: {exc.problem}") from exc
         except Exception as exc:
             raise CorruptInput(inst.path, f"frame {index + 1} does not decode: {exc}") from exc
-        if pixels.shape[2] != inst.samples:
-            raise CorruptInput(
-                inst.path,
-                f"frame {index + 1} decodes to {pixels.shape[2]} samples per pixel; "
-                f"SamplesPerPixel is {inst.samples}",
-            )
+        check_samples(
+            inst.path, f"frame {index + 1}", pixels.shape[2], inst.samples, "SamplesPerPixel"
+        )
         return pixels
 
     def decode(self, frame: Frame) -> Pixels:

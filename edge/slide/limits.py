@@ -58,3 +58,11 @@ def _check_integers(path: Path, what: str, *sizes: object) -> None:
             f"{what} has non-integer sizes {sizes}; expected whole numbers of pixels "
             "(a damaged size tag)",
         )
+
+
+def check_samples(path: Path, where: str, got: int, expected: int, header: str) -> None:
+    """A decoded tile must have the samples per pixel its header promised."""
+    if got != expected:
+        raise CorruptInput(
+            path, f"{where} decodes to {got} samples per pixel; {header} is {expected}"
+        )

@@ -18,7 +18,7 @@ import tifffile
 
 from edge.errors import CorruptInput, UnsupportedInput
 from edge.slide import aperio, j2k, jpeg
-from edge.slide.limits import check_associated, check_level_geometry
+from edge.slide.limits import check_associated, check_level_geometry, check_samples
 from edge.slide.model import (
     AssociatedImage,
     AssociatedKind,
@@ -386,12 +386,10 @@ class TiffSlide:
             raise CorruptInput(
                 self.path, f"level {frame.level.index} tile {frame.index} does not decode: {exc}"
             ) from exc
-        if pixels.shape[2] != frame.level.samples:
-            raise CorruptInput(
-                self.path,
-                f"level {frame.level.index} tile {frame.index} decodes to "
-                f"{pixels.shape[2]} samples per pixel; the level has {frame.level.samples}",
-            )
+        where = f"level {frame.level.index} tile {frame.index}"
+        check_samples(
+            self.path, where, pixels.shape[2], frame.level.samples, "the level's SamplesPerPixel"
+        )
         return pixels
 
     def associated_pixels(self, kind: AssociatedKind) -> Pixels:
