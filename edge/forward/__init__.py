@@ -1,0 +1,1 @@
+"""Forwarding to destinations (PACS over C-STORE, DICOMweb STOW-RS, folders)."""

@@ -1,0 +1,1 @@
+"""The durable outbox: every instance to send, per destination, in SQLite."""
