@@ -1,0 +1,123 @@
+"""Appliance configuration: one TOML file, frozen dataclasses, every setting documented.
+
+Only what forwarding needs is here so far (storage and destinations); ingest, web and the rest
+arrive with the daemon. Mistakes are reported with the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EdgeError
+
+DEFAULT_PATH = Path("/etc/edge/edge.toml")
+KINDS = ("cstore", "folder")
+
+
+class ConfigError(EdgeError):
+    """The configuration file is missing, unreadable or wrong."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One place slides are forwarded to (`[[destination]]`)."""
+
+    name: str  # unique; used by `edge send --to NAME` and in the outbox
+    kind: str  # "cstore" (DIMSE C-STORE to a PACS) or "folder" (a local or mounted folder)
+    host: str = "127.0.0.1"  # cstore: the PACS host
+    port: int = 104  # cstore: the PACS port
+    called_aet: str = "ANY-SCP"  # cstore: the PACS's AE title
+    calling_aet: str = "EDGE"  # cstore: our AE title
+    timeout_s: float = 30.0  # cstore: network timeout per operation
+    path: str = ""  # folder: where instances are written (<study>/<series>/<sop>.dcm)
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: outbox database, work files
+    batch_size: int = 20  # [forward] batch_size: instances per association / request
+    retry_base_s: float = 5.0  # [forward] retry_base_s: first retry delay
+    retry_ceiling_s: float = 3600.0  # [forward] retry_ceiling_s: longest retry delay
+    destinations: tuple[Destination, ...] = field(default_factory=tuple)
+
+    def destination(self, name: str) -> Destination:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        names = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError(f"no destination named {name!r} (configured: {names})")
+
+
+def _typed(where: str, table: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = table.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        wanted = {int: "a whole number", float: "a number", str: "text"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}: {key} must be {wanted}, found {value!r}")
+    return value
+
+
+def load(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such configuration file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(data, str(path))
+
+
+def parse(data: dict[str, Any], source: str = "config") -> Config:
+    known = {"storage", "forward", "destination"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(known)}")
+    storage = data.get("storage", {})
+    forward = data.get("forward", {})
+    dests = []
+    seen: set[str] = set()
+    for i, table in enumerate(data.get("destination", [])):
+        where = f"{source}: [[destination]] #{i + 1}"
+        name = _typed(where, table, "name", str, "")
+        kind = _typed(where, table, "kind", str, "")
+        if not name:
+            raise ConfigError(f"{where}: name is required")
+        if name in seen:
+            raise ConfigError(f"{where}: the name {name!r} is used twice")
+        seen.add(name)
+        if kind not in KINDS:
+            raise ConfigError(f"{where} ({name}): kind {kind!r}; expected one of {KINDS}")
+        fields = {f for f in Destination.__dataclass_fields__}
+        extra = sorted(set(table) - fields)
+        if extra:
+            raise ConfigError(f"{where} ({name}): unknown setting(s) {extra}")
+        dest = Destination(
+            name=name,
+            kind=kind,
+            host=_typed(where, table, "host", str, "127.0.0.1"),
+            port=_typed(where, table, "port", int, 104),
+            called_aet=_typed(where, table, "called_aet", str, "ANY-SCP"),
+            calling_aet=_typed(where, table, "calling_aet", str, "EDGE"),
+            timeout_s=_typed(where, table, "timeout_s", float, 30.0),
+            path=_typed(where, table, "path", str, ""),
+        )
+        if kind == "folder" and not dest.path:
+            raise ConfigError(f"{where} ({name}): a folder destination needs path")
+        if kind == "cstore" and not 0 < dest.port < 65536:
+            raise ConfigError(f"{where} ({name}): port {dest.port} is not 1..65535")
+        if kind == "cstore" and not 0 < len(dest.called_aet) <= 16:
+            raise ConfigError(f"{where} ({name}): called_aet must be 1..16 characters")
+        dests.append(dest)
+    return Config(
+        state_dir=Path(_typed(f"{source}: [storage]", storage, "state_dir", str, "/var/lib/edge")),
+        batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
+        retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
+        retry_ceiling_s=_typed(f"{source}: [forward]", forward, "retry_ceiling_s", float, 3600.0),
+        destinations=tuple(dests),
+    )
