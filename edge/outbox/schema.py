@@ -1,0 +1,150 @@
+"""The outbox database: versioned migrations, and opening it safely.
+
+Migrations are a list of SQL scripts; `PRAGMA user_version` records how many have run. A
+database from a newer release (more versions than this code knows) is refused, and so is one
+whose pages fail `PRAGMA quick_check`: sending from a damaged queue could send twice or lose
+track of what was sent, so the daemon stops and a person restores or rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+LOGGER = logging.getLogger(__name__)
+
+STATES = ("queued", "sending", "delivered", "failed", "parked")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: instances to send, one delivery row per (instance, destination), and an audit trail.
+    """
+    CREATE TABLE instances (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        transfer_syntax_uid TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        study_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL,
+        slide_key TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        enqueued_at REAL NOT NULL,
+        purged_at REAL
+    );
+    CREATE INDEX instances_slide ON instances(slide_key);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'sending', 'delivered', 'failed', 'parked')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        last_error TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        UNIQUE (instance_id, destination)
+    );
+    CREATE INDEX deliveries_due ON deliveries(destination, state, next_attempt_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        destination TEXT NOT NULL DEFAULT '',
+        instance_id INTEGER,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_instance ON events(instance_id);
+    """,
+)
+
+
+class DatabaseCorrupt(EdgeError):
+    """The outbox database failed its integrity check; the daemon must not run on it."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(
+            f"{self.path}: outbox database is damaged ({problem}); refusing to run rather than "
+            "send twice or lose track of sent data: restore it from a backup or move it aside"
+        )
+
+
+class SchemaTooNew(EdgeError):
+    """The database was written by a newer release with migrations this code does not know."""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, FULL sync."""
+    if readonly:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: a commit survives a power cut (WAL's NORMAL could lose the last transactions and
+    # so re-send instances already acknowledged).
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise DatabaseCorrupt when `PRAGMA quick_check` finds damage."""
+    try:
+        rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseCorrupt(path, str(exc)) from exc
+    if rows != ["ok"]:
+        raise DatabaseCorrupt(path, "; ".join(rows[:5]))
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Run the migrations not yet applied, each in its own transaction; return the version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"{path}: outbox schema version {version}, this release knows up to "
+            f"{len(MIGRATIONS)}; run the newer release or restore an older database"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        LOGGER.info("outbox schema migrated to version %d", number)
+    return len(MIGRATIONS)
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating and migrating when needed) the outbox database for writing.
+
+    The returned connection belongs to the thread that opened it (sqlite3's
+    check_same_thread): it is the single writer. Raises DatabaseCorrupt or SchemaTooNew.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = connect(path)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseCorrupt(path, str(exc)) from exc
+    try:
+        quick_check(conn, path)
+        migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
