@@ -46,16 +46,17 @@ def main() -> None:
     images.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in ("none", *ARTIFACT_KINDS):
-        spec = SlideSpec(width, height, seed=args.seed,
-                         artifacts=() if kind == "none" else (kind,))
+        spec = SlideSpec(width, height, seed=args.seed, artifacts=() if kind == "none" else (kind,))
         model = make_model(spec, None)
         w, h = -(-width // DOWNSAMPLE), -(-height // DOWNSAMPLE)
         thumb = model.region(0, 0, w, h, DOWNSAMPLE)
         masks = model.masks(DOWNSAMPLE)
         mask = masks.get(kind, np.zeros((h, w), bool))
         gap = np.full((h, 12, 3), 255, np.uint8)
-        _save(images / f"{kind}.png",
-              np.concatenate([thumb, gap, _overlay(thumb, mask, masks["tissue"])], axis=1))
+        _save(
+            images / f"{kind}.png",
+            np.concatenate([thumb, gap, _overlay(thumb, mask, masks["tissue"])], axis=1),
+        )
         truth = truth_dict(model.truth())
         if kind != "none" and truth["artifacts"]:
             x, y, bw, bh = truth["artifacts"][0]["bbox"]
