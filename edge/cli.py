@@ -31,6 +31,8 @@ from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
+from edge.send import add_parsers as add_send_parsers
+from edge.send import cmd_queue, cmd_send
 from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec, check_unit
 from edge.synth.writers import FORMATS as SYNTH_FORMATS
 from edge.synth.writers import MAX_SIDE, check_request, write
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     _synth_parser(sub)
+    add_send_parsers(sub)
     return parser
 
 
@@ -416,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # per-value complaints would bury the one line that matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pydicom")
-    commands = {"convert": cmd_convert, "synth": cmd_synth}
+    commands = {"convert": cmd_convert, "synth": cmd_synth, "send": cmd_send, "queue": cmd_queue}
     return commands[args.command](args)
 
 

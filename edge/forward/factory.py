@@ -1,0 +1,25 @@
+"""Destinations from configuration: the one place that knows every kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge import config
+from edge.forward.cstore import CStoreDestination
+from edge.forward.folder import FolderDestination
+from edge.forward.protocol import Destination
+
+
+def build(dest: config.Destination) -> Destination:
+    if dest.kind == "cstore":
+        return CStoreDestination(
+            dest.name,
+            dest.host,
+            dest.port,
+            dest.called_aet,
+            dest.calling_aet,
+            timeout_s=dest.timeout_s,
+        )
+    if dest.kind == "folder":
+        return FolderDestination(dest.name, Path(dest.path))
+    raise config.ConfigError(f"destination {dest.name}: kind {dest.kind!r} is not supported")

@@ -1,0 +1,158 @@
+"""`edge send` and `edge queue`: the outbox from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from edge import config as cfg
+from edge.errors import EdgeError
+from edge.forward import factory
+from edge.forward.worker import drain
+from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
+
+EXIT_OK, EXIT_INPUT, EXIT_UNDELIVERED = 0, 2, 3
+DATABASE = "outbox.sqlite"
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    send = sub.add_parser(
+        "send",
+        help="queue DICOM files or folders for a destination (and, with --wait, send them)",
+        description="Queue DICOM files (or every DICOM file under the folders given) in the "
+        "outbox for one configured destination. With --wait, forward them now and exit 0 only "
+        "when all are delivered; 3 when some were parked or are still pending.",
+    )
+    send.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    send.add_argument("--to", required=True, metavar="NAME", help="destination name")
+    send.add_argument("--wait", action="store_true", help="forward now and wait for the result")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="with --wait: give up waiting after this many seconds (default 3600)",
+    )
+    send.add_argument("--config", type=Path, default=cfg.DEFAULT_PATH)
+    send.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    queue = sub.add_parser("queue", help="look at and act on the outbox")
+    queue.add_argument("--config", type=Path, default=cfg.DEFAULT_PATH)
+    actions = queue.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="queued, failed, parked and delivered instances")
+    listing.add_argument("--to", dest="destination", metavar="NAME")
+    listing.add_argument("--state", choices=("queued", "sending", "delivered", "failed", "parked"))
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    actions.add_parser("stats", help="counts per destination and state (JSON)")
+    retry = actions.add_parser("retry", help="send failed or parked deliveries again")
+    retry.add_argument("ids", nargs="+", type=int)
+    park = actions.add_parser("park", help="stop sending these deliveries")
+    park.add_argument("ids", nargs="+", type=int)
+    park.add_argument("--reason", default="parked by hand")
+    purge = actions.add_parser("purge-delivered", help="delete files delivered everywhere")
+    purge.add_argument("--older-than", type=float, default=7 * 86400, metavar="SECONDS")
+
+
+def _dicom_files(paths: list[Path]) -> list[Path]:
+    """Files given, and DICOM Part 10 files under folders given (sorted, stable)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                with child.open("rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        out.append(child)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise EdgeError(f"{path}: no such file or folder")
+    if not out:
+        raise EdgeError(f"no DICOM files in {', '.join(map(str, paths))}")
+    return out
+
+
+def _open(config: cfg.Config) -> Outbox:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return Outbox(
+        config.state_dir / DATABASE,
+        policy=RetryPolicy(base_s=config.retry_base_s, ceiling_s=config.retry_ceiling_s),
+    )
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        config = cfg.load(args.config)
+        dest_config = config.destination(args.to)
+        files = _dicom_files(args.paths)
+        with _open(config) as outbox:
+            outbox.enqueue(files, [dest_config.name], slide_key=str(args.paths[0]))
+            print(f"queued {len(files)} instance(s) for {dest_config.name}", file=sys.stderr)
+            if not args.wait:
+                return EXIT_OK
+            outbox.recover()
+            destination = factory.build(dest_config)
+            try:
+                result = drain(
+                    outbox,
+                    destination,
+                    batch_size=config.batch_size,
+                    breaker=CircuitBreaker(),
+                    deadline=time.time() + args.timeout,
+                )
+            finally:
+                destination.close()
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    summary = {
+        "destination": dest_config.name,
+        "delivered": result.delivered,
+        "parked": result.parked,
+        "retries": result.retried,
+        "pending": result.pending,
+        "parked_reasons": result.reasons[:10],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        line = (
+            f"{dest_config.name}: {result.delivered} delivered, {result.parked} parked, "
+            f"{result.pending} pending ({result.retried} retries)"
+        )
+        print(line)
+        for reason in result.reasons[:10]:
+            print(f"  parked: {reason}")
+    return EXIT_OK if result.parked == 0 and result.pending == 0 else EXIT_UNDELIVERED
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    try:
+        config = cfg.load(args.config)
+        with _open(config) as outbox:
+            if args.action == "list":
+                rows = outbox.list(destination=args.destination, state=args.state, limit=args.limit)
+                if args.json:
+                    print(json.dumps(rows, indent=2, default=str))
+                for row in [] if args.json else rows:
+                    print(
+                        f"{row['id']:>6} {row['destination']:<12} {row['state']:<9} "
+                        f"{row['attempts']:>3} {Path(row['path']).name} "
+                        f"{row['last_error'] or ''}"
+                    )
+            elif args.action == "stats":
+                print(json.dumps(outbox.stats(), indent=2))
+            elif args.action == "retry":
+                outbox.retry(args.ids)
+            elif args.action == "park":
+                outbox.park(args.ids, args.reason)
+            elif args.action == "purge-delivered":
+                removed = outbox.purge_delivered(args.older_than)
+                print(f"removed {len(removed)} delivered file(s)")
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    return EXIT_OK
