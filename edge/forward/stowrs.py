@@ -1,0 +1,402 @@
+"""STOW-RS destination (DICOMweb, PS3.18 10.5): POST {url}/studies, files streamed from disk.
+
+Every failure becomes an Outcome, never an exception. A request body is a
+``multipart/related; type="application/dicom"`` stream produced by a generator (part headers,
+then each file in 1 MiB chunks), with Content-Length computed up front from the file sizes, so
+no instance is ever held in memory and no chunked encoding is needed. A batch is split into
+several requests so each body stays under ``max_request_bytes``; a single instance larger than
+the cap is PARK. Responses are classified by `edge.forward.status.classify_http`; a 202 or 409
+is read for its FailedSOPSequence (0008,1198), each failure classified by `classify_dimse`.
+
+Auth: a bearer token read from ``token_file`` at each request (re-read and the request repeated
+once on 401/403, so a token rotated on disk is picked up), or HTTP basic. Credentials are never
+logged nor put in a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from edge.forward.protocol import Item, Outcome, Verdict
+from edge.forward.status import FollowUp, classify_dimse, classify_http
+
+LOGGER = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseException)
+
+CHUNK = 1 << 20  # bytes read from a file per yield
+EXCERPT = 200  # characters of a response body kept in a reason
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+
+
+@dataclass(frozen=True)
+class _Part:
+    item: Item
+    size: int  # the file's size when the batch was planned
+
+
+class _Body:
+    """A multipart/related body over files on disk: exact length, bytes generated lazily."""
+
+    def __init__(self, parts: list[_Part], boundary: str) -> None:
+        self.parts = parts
+        self.boundary = boundary
+        self.head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+        self.tail = f"--{boundary}--\r\n".encode("ascii")
+
+    @property
+    def content_type(self) -> str:
+        return f'multipart/related; type="application/dicom"; boundary={self.boundary}'
+
+    def __len__(self) -> int:
+        return sum(part_overhead(self.boundary) + part.size for part in self.parts) + len(self.tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            yield self.head
+            remaining = part.size
+            with part.item.path.open("rb") as stream:
+                while remaining > 0:
+                    chunk = stream.read(min(CHUNK, remaining))
+                    if not chunk:
+                        raise _FileChanged(
+                            part.item, f"file shrank while being sent: {part.item.path}"
+                        )
+                    remaining -= len(chunk)
+                    yield chunk
+            yield b"\r\n"
+        yield self.tail
+
+
+class _FileChanged(Exception):
+    def __init__(self, item: Item, reason: str) -> None:
+        super().__init__(reason)
+        self.item = item
+        self.reason = reason
+
+
+def part_overhead(boundary: str) -> int:
+    """Bytes a part adds besides the file: its delimiter and header, and the closing CRLF."""
+    return len(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n") + 2
+
+
+def closing_overhead(boundary: str) -> int:
+    return len(f"--{boundary}--\r\n")
+
+
+def plan_requests(
+    parts: list[_Part], boundary: str, max_request_bytes: int
+) -> tuple[list[list[_Part]], list[_Part]]:
+    """Split parts, in order, into request bodies of at most max_request_bytes; also return the
+    parts too large for any request on their own. Pure."""
+    groups: list[list[_Part]] = []
+    too_large: list[_Part] = []
+    current: list[_Part] = []
+    size = closing_overhead(boundary)
+    for part in parts:
+        need = part_overhead(boundary) + part.size
+        if closing_overhead(boundary) + need > max_request_bytes:
+            too_large.append(part)
+            continue
+        if current and size + need > max_request_bytes:
+            groups.append(current)
+            current, size = [], closing_overhead(boundary)
+        current.append(part)
+        size += need
+    if current:
+        groups.append(current)
+    return groups, too_large
+
+
+class StowRsDestination:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        token_file: Path | None = None,
+        basic: tuple[str, str] | None = None,
+        max_request_bytes: int = 1 << 30,
+        timeout_s: float = 60,
+        verify: bool | str | ssl.SSLContext = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if token_file is not None and basic is not None:
+            raise ValueError("StowRsDestination: give token_file or basic, not both")
+        self.name = name
+        self.url = url.rstrip("/")
+        self.studies_url = f"{self.url}/studies"
+        self.token_file = token_file
+        self.basic = basic
+        self.max_request_bytes = max_request_bytes
+        self.timeout_s = timeout_s
+        self.boundary = f"edge-{uuid.uuid4().hex}"
+        if isinstance(verify, str):  # a CA bundle path (httpx 0.28 deprecates passing str)
+            verify = ssl.create_default_context(cafile=verify)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s),
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+        )
+        self.requests = 0  # POSTs made (for tests and diagnostics)
+
+    # ------------------------------------------------------------------ public
+
+    def send(self, items: list[Item]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        parts: list[_Part] = []
+        for item in items:
+            try:
+                size = item.path.stat().st_size
+            except FileNotFoundError:
+                outcomes.append(Outcome(item.id, Verdict.PARK, f"queued file missing: {item.path}"))
+                continue
+            except OSError as exc:
+                reason = f"cannot read queued file {item.path}: {exc}"
+                outcomes.append(Outcome(item.id, Verdict.RETRY, reason))
+                continue
+            parts.append(_Part(item, size))
+        groups, too_large = plan_requests(parts, self.boundary, self.max_request_bytes)
+        for part in too_large:
+            reason = (
+                f"instance of {part.size} bytes does not fit one STOW-RS request"
+                f" (max_request_bytes {self.max_request_bytes})"
+            )
+            outcomes.append(Outcome(part.item.id, Verdict.PARK, reason))
+        for group in groups:
+            outcomes.extend(self._send_group(group))
+        return outcomes
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ one request
+
+    def _send_group(self, parts: list[_Part]) -> list[Outcome]:
+        try:
+            return self._send_group_unguarded(parts)
+        except Exception as exc:  # never raise: an unexpected failure is retried, then seen
+            LOGGER.exception("STOW-RS to %s failed", self.studies_url)
+            reason = f"STOW-RS to {self.studies_url} failed: {type(exc).__name__}: {exc}"
+            return _all(parts, Verdict.RETRY, reason)
+
+    def _send_group_unguarded(self, parts: list[_Part]) -> list[Outcome]:
+        attempt = self._post(parts)
+        if isinstance(attempt, list):
+            return attempt
+        response = attempt
+        classified = classify_http(response.status_code)
+        if classified.follow_up is FollowUp.REFRESH_AUTH and self.token_file is not None:
+            LOGGER.info(
+                "STOW-RS to %s: HTTP %d, re-reading the token and retrying once",
+                self.studies_url,
+                response.status_code,
+            )
+            attempt = self._post(parts)
+            if isinstance(attempt, list):
+                return attempt
+            response = attempt
+            classified = classify_http(response.status_code)
+        code = response.status_code
+        follow = classified.follow_up
+        if follow is FollowUp.REFRESH_AUTH:
+            reason = f"HTTP {code} authentication failed at {self.studies_url}{_excerpt(response)}"
+            return _all(parts, Verdict.RETRY, reason)
+        if follow is FollowUp.SPLIT_BATCH:
+            if len(parts) > 1:
+                half = len(parts) // 2
+                LOGGER.info("STOW-RS to %s: HTTP 413, splitting %d", self.studies_url, len(parts))
+                return self._send_group(parts[:half]) + self._send_group(parts[half:])
+            reason = (
+                f"HTTP 413 payload too large: {self.studies_url} refused a single instance"
+                f" of {parts[0].size} bytes{_excerpt(response)}"
+            )
+            return _all(parts, Verdict.PARK, reason)
+        if follow in (FollowUp.CHECK_FAILURES, FollowUp.CHECK_EXISTING) or (
+            classified.verdict is Verdict.DELIVERED
+        ):
+            return self._per_instance(parts, response, classified.reason)
+        return _all(parts, classified.verdict, f"{classified.reason}{_excerpt(response)}")
+
+    def _post(self, parts: list[_Part]) -> httpx.Response | list[Outcome]:
+        """The response, or outcomes for every part when no response could be had."""
+        headers = {"Accept": "application/dicom+json"}
+        body = _Body(parts, self.boundary)
+        headers["Content-Type"] = body.content_type
+        headers["Content-Length"] = str(len(body))
+        auth: httpx.Auth | httpx._client.UseClientDefault = httpx.USE_CLIENT_DEFAULT
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                reason = f"cannot read token file {self.token_file}: {exc.strerror or exc}"
+                return _all(parts, Verdict.RETRY, reason)
+            if not token:
+                return _all(parts, Verdict.RETRY, f"token file {self.token_file} is empty")
+            headers["Authorization"] = f"Bearer {token}"
+        elif self.basic is not None:
+            auth = httpx.BasicAuth(*self.basic)
+        self.requests += 1
+        try:
+            return self._client.post(self.studies_url, content=body, headers=headers, auth=auth)
+        except _FileChanged as exc:
+            return self._file_changed(parts, exc)
+        except httpx.HTTPError as exc:
+            changed = _cause(exc, _FileChanged)
+            if changed is not None:
+                return self._file_changed(parts, changed)
+            missing = _cause(exc, FileNotFoundError)
+            if missing is not None:
+                return self._missing(parts)
+            reason = self._why_no_response(exc)
+            LOGGER.warning("STOW-RS to %s: %s", self.studies_url, reason)
+            return _all(parts, Verdict.RETRY, reason)
+        except FileNotFoundError:
+            return self._missing(parts)
+        except OSError as exc:
+            return _all(parts, Verdict.RETRY, f"reading queued files failed: {exc}")
+
+    def _missing(self, parts: list[_Part]) -> list[Outcome]:
+        """A file vanished while the body was streamed: PARK it, RETRY the others."""
+        return [
+            Outcome(p.item.id, Verdict.PARK, f"queued file missing: {p.item.path}")
+            if not p.item.path.is_file()
+            else Outcome(
+                p.item.id, Verdict.RETRY, "request aborted: another file in the batch vanished"
+            )
+            for p in parts
+        ]
+
+    def _file_changed(self, parts: list[_Part], exc: _FileChanged) -> list[Outcome]:
+        return [
+            Outcome(p.item.id, Verdict.RETRY, exc.reason)
+            if p.item.id == exc.item.id
+            else Outcome(p.item.id, Verdict.RETRY, "request aborted: a file in the batch changed")
+            for p in parts
+        ]
+
+    def _why_no_response(self, exc: httpx.HTTPError) -> str:
+        url = self.url
+        if isinstance(exc, httpx.TimeoutException):
+            kind = {
+                httpx.ConnectTimeout: "connecting",
+                httpx.ReadTimeout: "waiting for the response",
+                httpx.WriteTimeout: "sending the request",
+                httpx.PoolTimeout: "waiting for a connection",
+            }.get(type(exc), "")
+            where = f" {kind}" if kind else ""
+            return f"timed out after {self.timeout_s:g} s{where} ({url})"
+        if _cause(exc, ssl.SSLError) is not None or "SSL" in str(exc) or "TLS" in str(exc):
+            return f"TLS error with {url}: {exc}"
+        if _cause(exc, ConnectionRefusedError) is not None or "refused" in str(exc).lower():
+            return f"connection refused to {url}"
+        if isinstance(exc, httpx.ConnectError):
+            return f"cannot connect to {url}: {exc}"
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            return f"connection to {url} lost before a response: {exc}"
+        return f"STOW-RS to {url} failed: {type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------------ per-instance results
+
+    def _per_instance(
+        self, parts: list[_Part], response: httpx.Response, http_reason: str
+    ) -> list[Outcome]:
+        code = response.status_code
+        failures = _failed_sops(response)
+        if failures is None:
+            if code == 409:
+                reason = f"{http_reason} (no FailedSOPSequence in the response){_excerpt(response)}"
+                return _all(parts, Verdict.PARK, reason)
+            return _all(parts, Verdict.DELIVERED, http_reason)
+        outcomes = []
+        for part in parts:
+            uid = part.item.sop_instance_uid
+            if uid not in failures:
+                outcomes.append(Outcome(part.item.id, Verdict.DELIVERED, http_reason))
+                continue
+            failure = failures[uid]
+            if failure is None:
+                reason = f"HTTP {code}: listed as failed without a FailureReason"
+                outcomes.append(Outcome(part.item.id, Verdict.RETRY, reason))
+                continue
+            classified = classify_dimse(failure)
+            outcomes.append(
+                Outcome(part.item.id, classified.verdict, f"HTTP {code}: {classified.reason}")
+            )
+        return outcomes
+
+
+def _failed_sops(response: httpx.Response) -> dict[str, int | None] | None:
+    """SOP Instance UID -> FailureReason from a DICOM JSON store response; None when the body
+    is not DICOM JSON (an empty FailedSOPSequence gives an empty dict)."""
+    try:
+        data: Any = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        return None
+    failures: dict[str, int | None] = {}
+    sequence = data.get(FAILED_SOP_SEQUENCE)
+    entries = sequence.get("Value", []) if isinstance(sequence, dict) else []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        uid = _first_value(entry, REFERENCED_SOP_INSTANCE_UID)
+        reason = _first_value(entry, FAILURE_REASON)
+        if isinstance(uid, str):
+            failures[uid] = (
+                int(reason)
+                if isinstance(reason, int | float | str) and str(reason).isdigit()
+                else None
+            )
+    return failures
+
+
+def _first_value(dataset: dict[str, Any], tag: str) -> Any:
+    element = dataset.get(tag)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if isinstance(values, list) and values:
+        return values[0]
+    return None
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = " ".join(response.text.split())
+    except Exception:  # an undecodable body adds nothing useful
+        return ""
+    if not text:
+        return ""
+    if len(text) > EXCERPT:
+        text = text[:EXCERPT] + "..."
+    return f": {text}"
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _all(parts: list[_Part], verdict: Verdict, reason: str) -> list[Outcome]:
+    return [Outcome(part.item.id, verdict, reason) for part in parts]
