@@ -14,7 +14,7 @@ from typing import Any
 from edge.errors import EdgeError
 
 DEFAULT_PATH = Path("/etc/edge/edge.toml")
-KINDS = ("cstore", "folder")
+KINDS = ("cstore", "stowrs", "folder")
 
 
 class ConfigError(EdgeError):
@@ -26,13 +26,16 @@ class Destination:
     """One place slides are forwarded to (`[[destination]]`)."""
 
     name: str  # unique; used by `edge send --to NAME` and in the outbox
-    kind: str  # "cstore" (DIMSE C-STORE to a PACS) or "folder" (a local or mounted folder)
+    kind: str  # "cstore" (DIMSE C-STORE), "stowrs" (DICOMweb STOW-RS) or "folder"
     host: str = "127.0.0.1"  # cstore: the PACS host
     port: int = 104  # cstore: the PACS port
     called_aet: str = "ANY-SCP"  # cstore: the PACS's AE title
     calling_aet: str = "EDGE"  # cstore: our AE title
-    timeout_s: float = 30.0  # cstore: network timeout per operation
+    timeout_s: float = 30.0  # cstore, stowrs: network timeout per operation
     path: str = ""  # folder: where instances are written (<study>/<series>/<sop>.dcm)
+    url: str = ""  # stowrs: the DICOMweb root, e.g. https://pacs.example/dicom-web
+    token_file: str = ""  # stowrs: file holding a bearer token (re-read on every request)
+    max_request_bytes: int = 1 << 30  # stowrs: split series into requests of at most this
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,14 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             calling_aet=_typed(where, table, "calling_aet", str, "EDGE"),
             timeout_s=_typed(where, table, "timeout_s", float, 30.0),
             path=_typed(where, table, "path", str, ""),
+            url=_typed(where, table, "url", str, ""),
+            token_file=_typed(where, table, "token_file", str, ""),
+            max_request_bytes=_typed(where, table, "max_request_bytes", int, 1 << 30),
         )
+        if kind == "stowrs" and not dest.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where} ({name}): a stowrs destination needs an http(s) url")
+        if kind == "stowrs" and dest.max_request_bytes < 1 << 20:
+            raise ConfigError(f"{where} ({name}): max_request_bytes must be at least 1 MiB")
         if kind == "folder" and not dest.path:
             raise ConfigError(f"{where} ({name}): a folder destination needs path")
         if kind == "cstore" and not 0 < dest.port < 65536:

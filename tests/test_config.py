@@ -48,6 +48,7 @@ def test_destinations_load_with_defaults(tmp_path: Path) -> None:
             "used twice",
         ),
         ("[outbox]\n", "unknown section"),
+        ('[[destination]]\nname = "w"\nkind = "stowrs"\nurl = "ftp://x"\n', "http\\(s\\) url"),
     ],
 )
 def test_mistakes_name_the_setting(toml: str, message: str, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -238,3 +240,44 @@ def test_stow_failed_sop_sequence_mapping(items: list[Item]) -> None:
     assert got[a.id].verdict is Verdict.DELIVERED and "0x0111" in got[a.id].reason
     assert got[b.id].verdict is Verdict.PARK and "0xC000" in got[b.id].reason
     assert got[c.id].verdict is Verdict.DELIVERED
+
+
+def test_edge_send_to_orthanc_over_both_protocols(
+    orthanc: Orthanc, tmp_path: Path, wsi_files: list[Path]
+) -> None:
+    """The whole path a technician uses: config file, `edge send --wait`, Orthanc has it all."""
+    orthanc.clear()
+    slide = wsi_files[0].parent
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[storage]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[destination]]\nname = "web"\nkind = "stowrs"\nurl = "{orthanc.dicomweb_url}"\n'
+        f'[[destination]]\nname = "pacs"\nkind = "cstore"\nport = {orthanc.dicom_port}\n'
+        'called_aet = "ORTHANC"\n'
+    )
+    for name in ("web", "pacs"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge.cli",
+                "send",
+                str(slide),
+                "--to",
+                name,
+                "--wait",
+                "--config",
+                str(cfg),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["delivered"] == len(list(slide.glob("*.dcm")))
+    stored = set(orthanc.instances())
+    assert stored == {
+        dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in slide.glob("*.dcm")
+    }

@@ -8,6 +8,7 @@ from edge import config
 from edge.forward.cstore import CStoreDestination
 from edge.forward.folder import FolderDestination
 from edge.forward.protocol import Destination
+from edge.forward.stowrs import StowRsDestination
 
 
 def build(dest: config.Destination) -> Destination:
@@ -18,6 +19,14 @@ def build(dest: config.Destination) -> Destination:
             dest.port,
             dest.called_aet,
             dest.calling_aet,
+            timeout_s=dest.timeout_s,
+        )
+    if dest.kind == "stowrs":
+        return StowRsDestination(
+            dest.name,
+            dest.url,
+            token_file=Path(dest.token_file) if dest.token_file else None,
+            max_request_bytes=dest.max_request_bytes,
             timeout_s=dest.timeout_s,
         )
     if dest.kind == "folder":
