@@ -29,6 +29,7 @@ class StoreScp:
     port: int
     behaviour: Behaviour
     received: dict[str, bytes] = field(default_factory=dict)  # SOP Instance UID -> PixelData
+    store_uids: list[str] = field(default_factory=list)  # every stored UID, repeats included
     requested: int = 0
     accepted: int = 0
     stores: int = 0
@@ -57,6 +58,7 @@ class StoreScp:
             ds = event.dataset
             with self.lock:
                 self.received[str(ds.SOPInstanceUID)] = bytes(ds.PixelData)
+                self.store_uids.append(str(ds.SOPInstanceUID))
         return b.status
 
 
