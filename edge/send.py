@@ -100,7 +100,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                     outbox,
                     destination,
                     batch_size=config.batch_size,
-                    breaker=CircuitBreaker(),
+                    # The breaker must not out-wait the configured retry ceiling.
+                    breaker=CircuitBreaker(cooldown_s=min(60.0, config.retry_ceiling_s)),
                     deadline=time.time() + args.timeout,
                 )
             finally:
