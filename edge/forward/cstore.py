@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 
 from edge.forward.protocol import Item, Outcome, Verdict
 from edge.forward.status import classify_dimse
@@ -147,6 +148,7 @@ class CStoreDestination:
                     for item in items
                 ]
             return retry_all(items, self._why_not_established(assoc, bool(connected)))
+        _bound_send_queue(assoc)
         outcomes: list[Outcome] = []
         answered = True  # did the last store get a response (or fail before sending)?
         try:
@@ -249,3 +251,25 @@ def _status_code(status: Any) -> int | None:
     if not isinstance(status, Dataset) or "Status" not in status:
         return None
     return int(cast(int, status.Status))
+
+
+SEND_QUEUE_PDUS = 16  # P-DATA PDUs waiting for the socket at most (~16 x max PDU size)
+
+
+def _bound_send_queue(assoc: Any) -> None:
+    """Backpressure for pynetdicom's sender.
+
+    pynetdicom encodes a data set into P-DATA PDUs as fast as it can read the file and queues
+    them for its socket thread without limit, so a slow link queued a whole 1 GB level in memory
+    (685 MB RSS in tools/bench forward). Wait while the queue is long instead.
+    """
+    dul = assoc.dul
+    put = dul.send_pdu
+
+    def throttled(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            while dul.to_provider_queue.qsize() >= SEND_QUEUE_PDUS and assoc.is_established:
+                time.sleep(0.0005)
+        put(primitive)
+
+    dul.send_pdu = throttled
