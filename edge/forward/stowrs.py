@@ -148,6 +148,7 @@ class StowRsDestination:
             verify=verify,
             transport=transport,
             follow_redirects=False,
+            auth=httpx.BasicAuth(*basic) if basic is not None else None,
         )
         self.requests = 0  # POSTs made (for tests and diagnostics)
 
@@ -235,7 +236,6 @@ class StowRsDestination:
         body = _Body(parts, self.boundary)
         headers["Content-Type"] = body.content_type
         headers["Content-Length"] = str(len(body))
-        auth: httpx.Auth | httpx._client.UseClientDefault = httpx.USE_CLIENT_DEFAULT
         if self.token_file is not None:
             try:
                 token = self.token_file.read_text(encoding="utf-8").strip()
@@ -245,11 +245,9 @@ class StowRsDestination:
             if not token:
                 return _all(parts, Verdict.RETRY, f"token file {self.token_file} is empty")
             headers["Authorization"] = f"Bearer {token}"
-        elif self.basic is not None:
-            auth = httpx.BasicAuth(*self.basic)
         self.requests += 1
         try:
-            return self._client.post(self.studies_url, content=body, headers=headers, auth=auth)
+            return self._client.post(self.studies_url, content=body, headers=headers)
         except _FileChanged as exc:
             return self._file_changed(parts, exc)
         except httpx.HTTPError as exc:
