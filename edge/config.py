@@ -36,6 +36,10 @@ class Destination:
     url: str = ""  # stowrs: the DICOMweb root, e.g. https://pacs.example/dicom-web
     token_file: str = ""  # stowrs: file holding a bearer token (re-read on every request)
     max_request_bytes: int = 1 << 30  # stowrs: split series into requests of at most this
+    tls: bool = False  # cstore: use TLS (BCP 195); stowrs: implied by an https url
+    tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
+    tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
+    tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,17 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             url=_typed(where, table, "url", str, ""),
             token_file=_typed(where, table, "token_file", str, ""),
             max_request_bytes=_typed(where, table, "max_request_bytes", int, 1 << 30),
+            tls=_typed(where, table, "tls", bool, False),
+            tls_ca_file=_typed(where, table, "tls_ca_file", str, ""),
+            tls_cert_file=_typed(where, table, "tls_cert_file", str, ""),
+            tls_key_file=_typed(where, table, "tls_key_file", str, ""),
         )
         if kind == "stowrs" and not dest.url.startswith(("http://", "https://")):
             raise ConfigError(f"{where} ({name}): a stowrs destination needs an http(s) url")
         if kind == "stowrs" and dest.max_request_bytes < 1 << 20:
             raise ConfigError(f"{where} ({name}): max_request_bytes must be at least 1 MiB")
+        if bool(dest.tls_cert_file) != bool(dest.tls_key_file):
+            raise ConfigError(f"{where} ({name}): tls_cert_file and tls_key_file go together")
         if kind == "folder" and not dest.path:
             raise ConfigError(f"{where} ({name}): a folder destination needs path")
         if kind == "cstore" and not 0 < dest.port < 65536:

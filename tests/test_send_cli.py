@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -130,3 +131,65 @@ def test_send_mistakes_exit_2(
     proc = edge("send", str(slide_dir), *args)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_send_over_mutual_tls(slide_dir: Path, tmp_path: Path) -> None:
+    """TLS from the TOML: the PACS's certificate verified against tls_ca_file, and ours
+    presented (mutual TLS); a PACS that cannot verify us refuses and nothing is delivered."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme", reason="trustme not installed (pip install trustme)")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client = ca.issue_cert("edge.example")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "edge.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "edge.key"))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    ca.configure_trust(server)
+    server.verify_mode = ssl.CERT_REQUIRED  # the PACS insists on a client certificate
+
+    def config(with_client_cert: bool) -> Path:
+        cfg = _config(tmp_path, port=scp.port)
+        mutual = (
+            (
+                f'tls_cert_file = "{tmp_path / "edge.pem"}"\n'
+                f'tls_key_file = "{tmp_path / "edge.key"}"\n'
+            )
+            if with_client_cert
+            else ""
+        )
+        text = cfg.read_text().replace(
+            'called_aet = "PACS"\n',
+            f'called_aet = "PACS"\ntls = true\ntls_ca_file = "{tmp_path / "ca.pem"}"\n{mutual}',
+        )
+        cfg.write_text(text)
+        return cfg
+
+    with store_scp(tls=server) as scp:
+        refused = edge(
+            "send",
+            str(slide_dir),
+            "--to",
+            "pacs",
+            "--wait",
+            "--timeout",
+            "2",
+            "--config",
+            str(config(with_client_cert=False)),
+            "--json",
+        )
+        assert refused.returncode == 3 and not scp.received
+        shutil.rmtree(tmp_path / "state")  # a fresh outbox: the failed attempts are not due yet
+        ok = edge(
+            "send",
+            str(slide_dir),
+            "--to",
+            "pacs",
+            "--wait",
+            "--config",
+            str(config(with_client_cert=True)),
+            "--json",
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert len(scp.received) == len(list(slide_dir.glob("*.dcm")))
