@@ -31,15 +31,6 @@ class DrainResult:
     reasons: list[str] = field(default_factory=list)  # parked: why (most recent first)
 
 
-def _pending(outbox: Outbox, destination: str) -> tuple[int, float | None]:
-    """(rows not yet delivered or parked, earliest retry time among failed rows)."""
-    counts = outbox.stats()["destinations"].get(destination, {})
-    waiting = sum(counts.get(s, 0) for s in ("queued", "sending", "failed"))
-    failed = outbox.list(destination=destination, state="failed", limit=1_000_000)
-    due = min((float(r["next_attempt_at"]) for r in failed), default=None)
-    return waiting, due
-
-
 def drain(
     outbox: Outbox,
     destination: Destination,
@@ -69,7 +60,7 @@ def drain(
             continue
         items = outbox.claim(name, batch_size, t)
         if not items:
-            waiting, due = _pending(outbox, name)
+            waiting, due = outbox.pending(name)
             if waiting == 0:
                 break
             wake = due if due is not None else t + 1.0
@@ -96,5 +87,5 @@ def drain(
             breaker.record_success(now())
         if progress is not None:
             progress(result)
-    result.pending = _pending(outbox, name)[0]
+    result.pending = outbox.pending(name)[0]
     return result

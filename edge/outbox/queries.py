@@ -45,6 +45,16 @@ def stats(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def pending(conn: sqlite3.Connection, destination: str) -> tuple[int, float | None]:
+    """(deliveries not yet delivered or parked, earliest retry time among failed ones)."""
+    row = conn.execute(
+        "SELECT COUNT(*), MIN(CASE WHEN state = 'failed' THEN next_attempt_at END) "
+        "FROM deliveries WHERE destination = ? AND state IN ('queued', 'sending', 'failed')",
+        (destination,),
+    ).fetchone()
+    return int(row[0]), (None if row[1] is None else float(row[1]))
+
+
 def list_deliveries(
     conn: sqlite3.Connection,
     destination: str | None = None,

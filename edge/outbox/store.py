@@ -334,6 +334,10 @@ class Outbox:
     def stats(self) -> dict[str, Any]:
         return queries.stats(self._conn)
 
+    def pending(self, destination: str) -> tuple[int, float | None]:
+        """(rows still to send, earliest retry time among failed rows) for a destination."""
+        return queries.pending(self._conn, destination)
+
     def events(self, instance_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return queries.events(self._conn, instance_id, limit)
 
