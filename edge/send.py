@@ -13,6 +13,7 @@ from edge.errors import EdgeError
 from edge.forward import factory
 from edge.forward.worker import drain
 from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
+from edge.slide.dicom import is_dicom_part10
 
 EXIT_OK, EXIT_INPUT, EXIT_UNDELIVERED = 0, 2, 3
 DATABASE = "outbox.sqlite"
@@ -61,11 +62,7 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                with child.open("rb") as fh:
-                    fh.seek(128)
-                    if fh.read(4) == b"DICM":
-                        out.append(child)
+            out += sorted(p for p in path.rglob("*") if p.is_file() and is_dicom_part10(p))
         elif path.is_file():
             out.append(path)
         else:

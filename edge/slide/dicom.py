@@ -238,7 +238,7 @@ class DicomSlide:
     def open(cls, path: Path) -> DicomSlide:
         if path.is_dir():
             # Scanners and PACS exports leave DICOMDIRs, checksums and notes beside the series.
-            files = sorted(p for p in path.iterdir() if p.is_file() and _is_dicom_part10(p))
+            files = sorted(p for p in path.iterdir() if p.is_file() and is_dicom_part10(p))
         else:
             files = [path]
         instances: list[_Instance] = []
@@ -377,7 +377,8 @@ class DicomSlide:
         self._handles.clear()
 
 
-def _is_dicom_part10(path: Path) -> bool:
+def is_dicom_part10(path: Path) -> bool:
+    """True when the file carries the DICOM Part 10 preamble marker ("DICM" at byte 128)."""
     try:
         with path.open("rb") as fh:
             fh.seek(128)
