@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,14 @@ def dicom_mosaic(path: Path) -> Image:
         r, c = divmod(i, across)
         out[r * rows : r * rows + tile.shape[0], c * cols : c * cols + tile.shape[1]] = tile
     return out[:height, :width]
+
+
+def run_edge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `edge` command line as a technician runs it: a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge.convert import convert
 from tests.dicom_peers import Behaviour, store_scp
+from tests.helpers import run_edge as edge
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +29,6 @@ def _config(tmp_path: Path, port: int = 1, folder: Path | None = None) -> Path:
         f'[[destination]]\nname = "archive"\nkind = "folder"\npath = "{folder or tmp_path}"\n'
     )
     return cfg
-
-
-def edge(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 def test_send_to_pacs_delivers_everything_once(slide_dir: Path, tmp_path: Path) -> None:
