@@ -15,18 +15,27 @@ output pixel depends only on fixed absolute neighbourhoods, summed in a fixed or
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from edge.synth.artifacts import Artifact
+from edge.synth.placement import Part
 from edge.synth.shapes import Ellipse, HalfPlane, Window, coverage
 from edge.synth.texture import GLASS
 
 F32 = npt.NDArray[np.float32]
 RegionFn = Callable[[int, int, int, int], F32]  # (x, y, w, h) at the current level -> planar
 _GLASS = GLASS.astype(np.float32)[:, None, None]
+
+
+def _covered(art: Artifact, x: int, y: int, img: F32, d: int) -> Iterator[tuple[Part, Window, F32]]:
+    """(part, window, coverage) for each part of `art` that touches the region of `img`."""
+    for part in art.parts:
+        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
+        if got is not None:
+            yield part, got[0], got[1]
 
 
 def _view(img: F32, win: Window) -> F32:
@@ -46,11 +55,7 @@ def stain(art: Artifact, tex: F32, x: int, y: int, d: int) -> None:
         np.where(v < g, g * (np.maximum(v, 1.0) / g) ** f, v).astype(np.float32)
         for g, f in zip(GLASS, art.params["factors"], strict=True)
     ]
-    for part in art.parts:
-        got = coverage(part.shape, x, y, tex.shape[2], tex.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for _part, win, cov in _covered(art, x, y, tex, d):
         view = _view(tex, win)
         idx = np.clip(np.rint(view), 0, 255).astype(np.uint8)
         changed = np.stack([np.take(lut, idx[c]) for c, lut in enumerate(luts)])
@@ -61,11 +66,7 @@ def fold(art: Artifact, tex: F32, x: int, y: int, d: int, texture: RegionFn) -> 
     """Doubled tissue: this texture's transmission times a neighbouring strip's, darker rim."""
     sx, sy = art.params["shift"]
     strength, rim = art.params["strength"], art.params["rim"]
-    for part in art.parts:
-        got = coverage(part.shape, x, y, tex.shape[2], tex.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for part, win, cov in _covered(art, x, y, tex, d):
         w, h = win.c1 - win.c0, win.r1 - win.r0
         flap = texture(x + win.c0 + round(sx / d), y + win.r0 + round(sy / d), w, h)
         view = _view(tex, win)
@@ -108,11 +109,7 @@ def blur(art: Artifact, img: F32, x: int, y: int, d: int, base: RegionFn) -> Non
     k, sc, taps = _blur_plan(art.params["sigma"] / d)
     if k == 0:
         return
-    for part in art.parts:
-        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for _part, win, cov in _covered(art, x, y, img, d):
         x0, x1, y0, y1 = x + win.c0, x + win.c1, y + win.r0, y + win.r1
         if k == 1:
             src = base(x0 - taps, y0 - taps, x1 - x0 + 2 * taps, y1 - y0 + 2 * taps)
@@ -147,11 +144,7 @@ def _enlarge(a: F32, k: int, x0: int, x1: int, cx0: int, y0: int, y1: int, cy0: 
 
 
 def debris(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
-    for part in art.parts:
-        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for part, win, cov in _covered(art, x, y, img, d):
         colour = np.array(part.params["colour"], np.float32)[:, None, None]
         view = _view(img, win)
         view += (cov * part.params["opacity"])[None] * (colour - view)
@@ -159,11 +152,7 @@ def debris(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
 
 def bubble(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
     wash = art.params["wash"]
-    for part in art.parts:
-        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for part, win, cov in _covered(art, x, y, img, d):
         shape = part.shape
         assert isinstance(shape, Ellipse)
         ring = part.params["ring"]
@@ -179,11 +168,7 @@ def pen(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
     """Ink filters the light: multiply by the ink's transmission, as strong as its opacity."""
     ink = np.array(art.params["ink"], np.float32) / 255.0
     absorb = (art.params["opacity"] * (1.0 - ink)).astype(np.float32)[:, None, None]
-    for part in art.parts:
-        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for _part, win, cov in _covered(art, x, y, img, d):
         view = _view(img, win)
         view *= 1.0 - cov[None] * absorb
 
@@ -191,11 +176,7 @@ def pen(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
 def edge(art: Artifact, img: F32, x: int, y: int, d: int) -> None:
     """A dark shadow band along the coverslip's edge, brighter glass beyond it."""
     band, depth, gain = art.params["band"], art.params["depth"], art.params["gain"]
-    for part in art.parts:
-        got = coverage(part.shape, x, y, img.shape[2], img.shape[1], d)
-        if got is None:
-            continue
-        win, cov = got
+    for part, win, cov in _covered(art, x, y, img, d):
         shape = part.shape
         assert isinstance(shape, HalfPlane)
         s = shape.signed(win.xs, win.ys)
