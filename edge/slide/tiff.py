@@ -63,6 +63,7 @@ class TiffSlide:
         self._size = os.fstat(self._fd).st_size
         self._pages: list[Any] = []
         self._prefix: dict[int, bytes] = {}
+        self._fill: dict[int, bytes] = {}  # per level: the white frame for sparse tiles
         self._assoc_pages: dict[AssociatedKind, Any] = {}
         try:
             fmt, level_pages, assoc = self._classify()
@@ -327,7 +328,9 @@ class TiffSlide:
         is_jpeg = level.codec is Codec.JPEG
         for index, raw in _read_coalesced(self._fd, page.dataoffsets, page.databytecounts):
             if not raw:
-                yield Frame(level, index, self._fill_frame(level))
+                if level.index not in self._fill:  # encoded once, however many tiles are empty
+                    self._fill[level.index] = self._fill_frame(level)
+                yield Frame(level, index, self._fill[level.index])
                 continue
             if is_jpeg:
                 if raw[:2] != jpeg.SOI or bytes(raw[-2:]) != jpeg.EOI:
