@@ -27,6 +27,8 @@ from rich.progress import (
 )
 
 from edge import __version__
+from edge.analysis.cli import COMMANDS as ANALYSIS_COMMANDS
+from edge.analysis.cli import add_parsers as add_analysis_parsers
 from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _synth_parser(sub)
     add_send_parsers(sub)
+    add_analysis_parsers(sub)
     return parser
 
 
@@ -420,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pydicom")
     commands = {"convert": cmd_convert, "synth": cmd_synth, "send": cmd_send, "queue": cmd_queue}
+    commands.update(ANALYSIS_COMMANDS)
     return commands[args.command](args)
 
 
