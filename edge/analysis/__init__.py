@@ -1,0 +1,1 @@
+"""Slide analysis: tissue, focus, artifacts, stain, verdicts; models and inference backends."""

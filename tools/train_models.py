@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Train the QC models from kit slides and write models/<name>/ (ONNX, manifest, card data).
+
+    .venv/bin/python tools/train_models.py [--slides 48] [--seed-base 1000] [--jobs 2]
+                                           [--cache /tmp/edge-train] [--out models]
+
+Reproducible: the kit slides are drawn from seeds seed-base .. seed-base + slides - 1 (their
+specs from a generator seeded by seed-base), every sampler and the heads' training are
+seeded, and the same command writes byte-identical models. Evaluation seeds (tools/bench qc)
+start at 50000 and are never used here.
+
+Data: each kit slide is written as a real SVS and read back through the appliance's own
+sampler (edge.analysis.kit), so features come from JPEG tiles decoded by DCT scaling exactly
+as in production. Slides are cached as .npz under --cache keyed by their spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge.analysis import nets  # noqa: E402
+from edge.analysis.kit import KitSample, sample_kit_slide  # noqa: E402
+from edge.analysis.registry import sha256_file  # noqa: E402
+from edge.synth.protocol import SlideSpec  # noqa: E402
+
+KINDS = ("blur", "pen", "fold", "bubble", "debris", "edge", "stain")
+# Label precedence where truth masks overlap: what the technician must act on first.
+PRECEDENCE = ("pen", "bubble", "fold", "edge", "debris")
+
+
+def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
+    """n varied kit slides: sizes, pixel sizes, stains, artifact mixes (clean ones too)."""
+    g = np.random.default_rng(seed_base)
+    specs = []
+    for i in range(n):
+        mpp = 0.25 if g.random() < 0.75 else 0.5
+        side = int(g.integers(8000, 14000)) if mpp == 0.25 else int(g.integers(5000, 8000))
+        aspect = g.uniform(0.6, 0.9)
+        k = int(g.integers(0, 4))
+        arts = tuple(sorted(g.choice(KINDS, size=k, replace=False))) if k else ()
+        stain = "IHC" if g.random() < 0.25 else "H&E"
+        specs.append(
+            SlideSpec(
+                side // 16 * 16,
+                int(side * aspect) // 16 * 16,
+                seed=seed_base + i,
+                mpp=mpp,
+                stain=stain,
+                artifacts=arts,
+            )
+        )
+    return specs
+
+
+def _key(spec: SlideSpec) -> str:
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+
+
+def cached_sample(spec: SlideSpec, cache: Path) -> Path:
+    path = cache / f"{spec.seed}-{_key(spec)}.npz"
+    if path.exists():
+        return path
+    s = sample_kit_slide(spec, cache)
+    masks = {f"mask_{k}": v for k, v in s.masks.items()}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        mosaic=s.mosaic,
+        crop_pixels=s.crop_pixels,
+        crop_blur=s.crop_blur,
+        crop_tissue=s.crop_tissue,
+        crop_xy=np.array([(c.x, c.y, c.size) for c in s.crops], np.int64).reshape(-1, 3),
+        downsample=s.geometry.mosaic_downsample,
+        truth=json.dumps({"needs_rescan": s.truth.needs_rescan, "reasons": s.truth.reasons,
+                          "affected": s.truth.affected_fraction,
+                          "artifacts": list(s.truth.artifacts)}),
+        stain=spec.stain,
+        **masks,
+    )
+    tmp.replace(path)
+    return path
+
+
+def labels_from_masks(data: dict[str, npt.NDArray[np.bool_]]) -> npt.NDArray[np.int64]:
+    """Per mosaic pixel: index into nets.ARTIFACT_CLASSES (precedence where masks overlap)."""
+    tissue = data["tissue"]
+    label = np.where(tissue, 1, 0).astype(np.int64)
+    for kind in reversed(PRECEDENCE):
+        if kind in data:
+            label[data[kind]] = nets.ARTIFACT_CLASSES.index(kind)
+    return label
+
+
+@functools.cache
+def _front_session(name: str) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        nets.front_end(name).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+
+
+def run_front(name: str, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    sess = _front_session(name)
+    outs = [sess.run(None, {"image": batch[i : i + 256]})[0] for i in range(0, len(batch), 256)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def standardised_mlp(
+    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hidden: tuple[int, ...], seed: int,
+    sample_weight: npt.NDArray[np.float64] | None = None,
+) -> nets.Head:
+    """Fit an MLP on standardised features; fold the standardisation into the first layer."""
+    from sklearn.neural_network import MLPClassifier
+
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    clf = MLPClassifier(hidden, alpha=1e-3, max_iter=300, random_state=seed, early_stopping=True,
+                        n_iter_no_change=15, batch_size=512)
+    clf.fit((x - mu) / sd, y)
+    weights = [w.T.astype(np.float32) for w in clf.coefs_]
+    biases = [b.astype(np.float32) for b in clf.intercepts_]
+    biases[0] = (biases[0] - weights[0] @ (mu / sd)).astype(np.float32)
+    weights[0] = (weights[0] / sd[None, :]).astype(np.float32)
+    if weights[-1].shape[0] == 1 and len(clf.classes_) == 2:
+        pass  # binary: sklearn's single logit is P(class 1) already
+    return nets.Head(weights, biases)
+
+
+def train_focus(samples: list[dict[str, npt.NDArray]], seed: int) -> nets.Head:
+    xs, ys = [], []
+    for s in samples:
+        blur, tissue = s["crop_blur"], s["crop_tissue"]
+        keep = (tissue >= 0.5) & ((blur >= 0.9) | (blur == 0))
+        if keep.any():
+            xs.append(s["crop_pixels"][keep])
+            ys.append((blur[keep] >= 0.9).astype(np.int64))
+    pixels = np.concatenate(xs)[:, None].astype(np.float32) / 255.0
+    y = np.concatenate(ys)
+    feats = run_front("focus", pixels)
+    print(f"focus: {len(y)} crops, {int(y.sum())} blurred", flush=True)
+    return standardised_mlp(feats, y, (16,), seed)
+
+
+def artifact_pixels(
+    samples: list[dict[str, npt.NDArray]], seed: int, per_class: int = 1500
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Per-pixel features (computed by the front end on padded mosaic windows) and labels."""
+    g = np.random.default_rng(seed)
+    win, margin = 128, nets.ARTIFACT_MARGIN
+    xs, ys = [], []
+    for s in samples:
+        mosaic = s["mosaic"]
+        masks = {k[5:]: s[k] for k in s if k.startswith("mask_")}
+        label = labels_from_masks(masks)
+        h, w = label.shape
+        for cls in range(len(nets.ARTIFACT_CLASSES)):
+            ys_, xs_ = np.nonzero(label == cls)
+            if len(ys_) == 0:
+                continue
+            pick = g.choice(len(ys_), size=min(per_class, len(ys_)), replace=False)
+            # Group picks by window so the front end runs on whole windows, as in production.
+            for i in pick[: max(1, len(pick) // 100)]:
+                cy, cx = int(ys_[i]), int(xs_[i])
+                y0 = int(np.clip(cy - win // 2, 0, max(h - win, 0)))
+                x0 = int(np.clip(cx - win // 2, 0, max(w - win, 0)))
+                patch = np.full((win, win, 3), 255, np.uint8)
+                part = mosaic[y0 : y0 + win, x0 : x0 + win]
+                patch[: part.shape[0], : part.shape[1]] = part
+                lab = np.full((win, win), -1, np.int64)
+                lab[: part.shape[0], : part.shape[1]] = label[y0 : y0 + win, x0 : x0 + win]
+                feats = run_front("artifact", patch.transpose(2, 0, 1)[None].astype(np.float32) / 255)
+                f = feats[0].reshape(feats.shape[1], -1).T
+                lab = lab.reshape(-1)
+                inner = np.zeros((win, win), bool)
+                inner[margin // 2 : win - margin // 2, margin // 2 : win - margin // 2] = True
+                ok = (lab >= 0) & inner.reshape(-1)
+                sel = np.nonzero(ok)[0]
+                sel = g.choice(sel, size=min(len(sel), 400), replace=False)
+                xs.append(f[sel])
+                ys.append(lab[sel])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slides", type=int, default=48)
+    ap.add_argument("--seed-base", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/edge-train"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models")
+    ap.add_argument("--only", default="focus,artifact,stain")
+    args = ap.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    specs = kit_specs(args.slides, args.seed_base)
+    t0 = time.time()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        paths = list(pool.map(cached_sample, specs, [args.cache] * len(specs)))
+    print(f"{len(paths)} kit slides sampled in {time.time() - t0:.0f} s", flush=True)
+    samples = [dict(np.load(p, allow_pickle=False)) for p in paths]
+    only = set(args.only.split(","))
+    if "focus" in only:
+        head = train_focus(samples, args.seed_base)
+        write_model(args.out, "focus", head, args)
+    if "artifact" in only:
+        x, y = artifact_pixels(samples, args.seed_base)
+        print(f"artifact: {len(y)} pixels, per class {np.bincount(y).tolist()}", flush=True)
+        head = standardised_mlp(x, y, (32, 32), args.seed_base)
+        write_model(args.out, "artifact", head, args)
+    return 0
+
+
+def write_model(out: Path, name: str, head: nets.Head, args: argparse.Namespace) -> None:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    model = nets.full(name, head)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    print(f"wrote {path} sha256 {sha256_file(path)[:12]}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
