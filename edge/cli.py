@@ -99,11 +99,79 @@ def _parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    conv.add_argument(
+        "--analyse",
+        action="store_true",
+        help="also run QC in the same read pass; results in OUTDIR/<slide name>.qc/",
+    )
+    _analysis_options(conv)
+
+    ana = sub.add_parser(
+        "analyse",
+        help="QC and triage of a slide: verdict, heatmaps, regions (GeoJSON)",
+        description="Analyse SLIDE (tissue, focus, pen, folds, bubbles, debris, coverslip edge, "
+        "stain) and write OUTDIR/report.json, OUTDIR/heatmaps/*.png and OUTDIR/regions.geojson. "
+        "Exit 0 with a verdict, 2 when the slide cannot be read, 3 when QC cannot run.",
+    )
+    ana.add_argument("slide", type=Path, metavar="SLIDE")
+    ana.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    ana.add_argument("--mpp", type=float, help="pixel size in µm at level 0, overriding the file")
+    ana.add_argument("--json", action="store_true", help="print report.json on stdout")
+    ana.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _analysis_options(ana)
 
     _synth_parser(sub)
     add_send_parsers(sub)
     add_analysis_parsers(sub)
     return parser
+
+
+def _analysis_options(parser: argparse.ArgumentParser) -> None:
+    from edge.analysis.backends.base import BACKEND_NAMES
+    from edge.analysis.registry import DEFAULT_MODELS_DIR
+
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *BACKEND_NAMES),
+        help="inference backend (default auto: TensorRT, then CUDA, then CPU; see edge doctor)",
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=argparse.SUPPRESS
+    )
+
+
+def _analysis_settings(args: argparse.Namespace) -> Any:
+    from edge.analysis.run import AnalysisOptions
+
+    return AnalysisOptions(backend=args.backend, models_dir=args.models_dir, mpp=args.mpp)
+
+
+def _verdict_line(name: str, report: dict[str, Any]) -> str:
+    reasons = "; ".join(report["reasons"]) or "no findings"
+    return f"{name}: QC {report['verdict'].upper()}: {reasons}"
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from edge.analysis.api import analyse_file
+
+    show = not args.quiet and sys.stderr.isatty()
+    with _progress_bar(show) as bar:
+        task = bar.add_task(args.slide.name, total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            report = analyse_file(args.slide, args.output, _analysis_settings(args), tick)
+        except EdgeError as exc:
+            print(f"edge analyse: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_verdict_line(args.slide.name, report))
+    return EXIT_OK if report["qc_available"] else 3
 
 
 def _synth_parser(sub: Any) -> None:
@@ -241,8 +309,30 @@ def cmd_convert(args: argparse.Namespace) -> int:
             def show_progress(done: int, total: int, task_id: TaskID = task) -> None:
                 bar.update(task_id, completed=done, total=total)
 
+            analysis = None
+            if args.analyse:
+                from edge.analysis.api import SlideAnalysis
+
+                analysis = SlideAnalysis(_analysis_settings(args))
             try:
-                result = convert(slide, args.output, options, show_progress)
+                result = convert(
+                    slide,
+                    args.output,
+                    options,
+                    show_progress,
+                    consumers_for=analysis.consumers if analysis else None,
+                )
+                if analysis is not None:
+                    from edge.analysis.outputs import write_outputs
+
+                    qc_dir = args.output / f"{output_name(slide)}.qc"
+                    report = write_outputs(analysis.result(), qc_dir, slide.name)
+                    result.qc = {
+                        "verdict": report["verdict"],
+                        "reasons": report["reasons"],
+                        "report": str(qc_dir / "report.json"),
+                    }
+                    say(_verdict_line(slide.name, report), "bold")
             except EdgeError as exc:
                 failures.append({"source": str(slide), "error": str(exc)})
                 say(f"error: {exc}", "red")
@@ -422,7 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # per-value complaints would bury the one line that matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="pydicom")
-    commands = {"convert": cmd_convert, "synth": cmd_synth, "send": cmd_send, "queue": cmd_queue}
+    commands = {
+        "convert": cmd_convert,
+        "analyse": cmd_analyse,
+        "synth": cmd_synth,
+        "send": cmd_send,
+        "queue": cmd_queue,
+    }
     commands.update(ANALYSIS_COMMANDS)
     return commands[args.command](args)
 

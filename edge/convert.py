@@ -65,6 +65,7 @@ class ConvertResult:
     bytes_out: int
     instances: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    qc: dict[str, Any] | None = None  # verdict, reasons, report path when --analyse ran
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -139,13 +140,18 @@ def convert(
     options: ConvertOptions = ConvertOptions(),
     progress: Callable[[int, int], None] | None = None,
     extra_consumers: tuple[TileConsumer, ...] = (),
+    consumers_for: Callable[[SlideSource], tuple[TileConsumer, ...]] | None = None,
 ) -> ConvertResult:
-    """Convert one slide into out_root/<slide name>/. Raises InputError or OutputError."""
+    """Convert one slide into out_root/<slide name>/. Raises InputError or OutputError.
+
+    consumers_for(source) may add consumers that need the opened source (the analysis)."""
     started = time.monotonic()
     encoder = Encoder(options.format, options.quality)
     patient = patient_attributes(path, options)
     source = open_slide(path)
     try:
+        if consumers_for is not None:
+            extra_consumers = (*extra_consumers, *consumers_for(source))
         out_root.mkdir(parents=True, exist_ok=True)
         final = out_root / output_name(source.path)
         result = _convert_atomically(

@@ -31,14 +31,15 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.analysis import nets  # noqa: E402
-from edge.analysis.kit import KitSample, sample_kit_slide  # noqa: E402
-from edge.analysis.registry import sha256_file  # noqa: E402
-from edge.synth.protocol import SlideSpec  # noqa: E402
+from edge.analysis import nets
+from edge.analysis.kit import sample_kit_slide
+from edge.analysis.registry import sha256_file
+from edge.synth.protocol import SlideSpec
 
 KINDS = ("blur", "pen", "fold", "bubble", "debris", "edge", "stain")
 # Label precedence where truth masks overlap: what the technician must act on first.
 PRECEDENCE = ("pen", "bubble", "fold", "edge", "debris")
+FORCED = ("pen", "fold", "bubble", "edge", "blur", "pen", "debris")
 
 
 def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
@@ -51,7 +52,9 @@ def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
         aspect = g.uniform(0.6, 0.9)
         k = int(g.integers(0, 4))
         arts = tuple(sorted(g.choice(KINDS, size=k, replace=False))) if k else ()
-        stain = "IHC" if g.random() < 0.25 else "H&E"
+        if i % 2:  # every other slide: one of the kinds a rescan hinges on, for enough examples
+            arts = tuple(sorted({*arts, FORCED[(i // 2) % len(FORCED)]}))
+        stain = "IHC" if g.random() < 0.35 else "H&E"
         specs.append(
             SlideSpec(
                 side // 16 * 16,
@@ -84,9 +87,14 @@ def cached_sample(spec: SlideSpec, cache: Path) -> Path:
         crop_tissue=s.crop_tissue,
         crop_xy=np.array([(c.x, c.y, c.size) for c in s.crops], np.int64).reshape(-1, 3),
         downsample=s.geometry.mosaic_downsample,
-        truth=json.dumps({"needs_rescan": s.truth.needs_rescan, "reasons": s.truth.reasons,
-                          "affected": s.truth.affected_fraction,
-                          "artifacts": list(s.truth.artifacts)}),
+        truth=json.dumps(
+            {
+                "needs_rescan": s.truth.needs_rescan,
+                "reasons": s.truth.reasons,
+                "affected": s.truth.affected_fraction,
+                "artifacts": list(s.truth.artifacts),
+            }
+        ),
         stain=spec.stain,
         **masks,
     )
@@ -108,9 +116,9 @@ def labels_from_masks(data: dict[str, npt.NDArray[np.bool_]]) -> npt.NDArray[np.
 def _front_session(name: str) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        nets.front_end(name).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+    # "artifact-any": the artifact front end on a whole mosaic of any size.
+    model = nets.front_end(name.removesuffix("-any"), any_size=name.endswith("-any"))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def run_front(name: str, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -120,15 +128,25 @@ def run_front(name: str, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float
 
 
 def standardised_mlp(
-    x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], hidden: tuple[int, ...], seed: int,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    hidden: tuple[int, ...],
+    seed: int,
     sample_weight: npt.NDArray[np.float64] | None = None,
 ) -> nets.Head:
     """Fit an MLP on standardised features; fold the standardisation into the first layer."""
     from sklearn.neural_network import MLPClassifier
 
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    clf = MLPClassifier(hidden, alpha=1e-3, max_iter=300, random_state=seed, early_stopping=True,
-                        n_iter_no_change=15, batch_size=512)
+    clf = MLPClassifier(
+        hidden,
+        alpha=1e-3,
+        max_iter=300,
+        random_state=seed,
+        early_stopping=True,
+        n_iter_no_change=15,
+        batch_size=512,
+    )
     clf.fit((x - mu) / sd, y)
     weights = [w.T.astype(np.float32) for w in clf.coefs_]
     biases = [b.astype(np.float32) for b in clf.intercepts_]
@@ -155,47 +173,69 @@ def train_focus(samples: list[dict[str, npt.NDArray]], seed: int) -> nets.Head:
 
 
 def artifact_pixels(
-    samples: list[dict[str, npt.NDArray]], seed: int, per_class: int = 1500
+    samples: list[dict[str, npt.NDArray]],
+    seed: int,
+    per_class: int = 3000,
+    cap: int = 60000,
+    floor: int = 20000,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Per-pixel features (computed by the front end on padded mosaic windows) and labels."""
+    """Per-pixel features (the front end run over each whole mosaic; it is fully
+    convolutional) and labels, balanced: every class between `floor` (drawn with
+    replacement) and `cap` samples, so rare artifacts weigh as much as glass."""
     g = np.random.default_rng(seed)
-    win, margin = 128, nets.ARTIFACT_MARGIN
-    xs, ys = [], []
+    xs: list[list[npt.NDArray[np.float32]]] = [[] for _ in nets.ARTIFACT_CLASSES]
     for s in samples:
-        mosaic = s["mosaic"]
-        masks = {k[5:]: s[k] for k in s if k.startswith("mask_")}
-        label = labels_from_masks(masks)
-        h, w = label.shape
+        label = labels_from_masks({k[5:]: s[k] for k in s if k.startswith("mask_")})
+        image = s["mosaic"].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        feats = _front_session("artifact-any").run(None, {"image": image})[0][0]
         for cls in range(len(nets.ARTIFACT_CLASSES)):
             ys_, xs_ = np.nonzero(label == cls)
-            if len(ys_) == 0:
-                continue
-            pick = g.choice(len(ys_), size=min(per_class, len(ys_)), replace=False)
-            # Group picks by window so the front end runs on whole windows, as in production.
-            for i in pick[: max(1, len(pick) // 100)]:
-                cy, cx = int(ys_[i]), int(xs_[i])
-                y0 = int(np.clip(cy - win // 2, 0, max(h - win, 0)))
-                x0 = int(np.clip(cx - win // 2, 0, max(w - win, 0)))
-                patch = np.full((win, win, 3), 255, np.uint8)
-                part = mosaic[y0 : y0 + win, x0 : x0 + win]
-                patch[: part.shape[0], : part.shape[1]] = part
-                lab = np.full((win, win), -1, np.int64)
-                lab[: part.shape[0], : part.shape[1]] = label[y0 : y0 + win, x0 : x0 + win]
-                feats = run_front("artifact", patch.transpose(2, 0, 1)[None].astype(np.float32) / 255)
-                f = feats[0].reshape(feats.shape[1], -1).T
-                lab = lab.reshape(-1)
-                inner = np.zeros((win, win), bool)
-                inner[margin // 2 : win - margin // 2, margin // 2 : win - margin // 2] = True
-                ok = (lab >= 0) & inner.reshape(-1)
-                sel = np.nonzero(ok)[0]
-                sel = g.choice(sel, size=min(len(sel), 400), replace=False)
-                xs.append(f[sel])
-                ys.append(lab[sel])
-    return np.concatenate(xs), np.concatenate(ys)
+            if len(ys_):
+                pick = g.choice(len(ys_), size=min(per_class, len(ys_)), replace=False)
+                xs[cls].append(feats[:, ys_[pick], xs_[pick]].T)
+    out_x, out_y = [], []
+    for cls, parts in enumerate(xs):
+        if not parts:
+            continue
+        x = np.concatenate(parts)
+        n = int(np.clip(len(x), floor, cap))
+        x = x[g.choice(len(x), size=n, replace=len(x) < n)]
+        out_x.append(x)
+        out_y.append(np.full(n, cls, np.int64))
+    return np.concatenate(out_x), np.concatenate(out_y)
+
+
+def stain_patches(
+    samples: list[dict[str, npt.NDArray]], seed: int, per_slide: int = 40
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """32 px tissue patches labelled H&E or IHC by the kit slide's stain, and an "other"
+    class made from them: inverted with shuffled channels (fluorescence-like: dark
+    background, bright signal) and greyscale (unstained or special stains)."""
+    from edge.analysis.run import tissue_patches
+
+    g = np.random.default_rng(seed)
+    xs, ys = [], []
+    for s in samples:
+        tissue = s["mask_tissue"]
+        patches = tissue_patches(s["mosaic"], tissue, 32, per_slide)
+        if not len(patches):
+            continue
+        cls = nets.STAIN_CLASSES.index(str(s["stain"]))
+        xs.append(patches)
+        ys.append(np.full(len(patches), cls))
+        n = max(1, len(patches) // 2)
+        inverted = 255 - patches[:n][..., g.permutation(3)]
+        grey = patches[n:].mean(axis=3, keepdims=True).repeat(3, axis=3).astype(np.uint8)
+        xs += [inverted, grey]
+        ys += [np.full(len(inverted), 2), np.full(len(grey), 2)]
+    x = np.concatenate(xs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return run_front("stain", x), np.concatenate(ys).astype(np.int64)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slides", type=int, default=48)
     ap.add_argument("--seed-base", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=2)
@@ -219,15 +259,70 @@ def main() -> int:
         print(f"artifact: {len(y)} pixels, per class {np.bincount(y).tolist()}", flush=True)
         head = standardised_mlp(x, y, (32, 32), args.seed_base)
         write_model(args.out, "artifact", head, args)
+    if "stain" in only:
+        x, y = stain_patches(samples, args.seed_base)
+        print(f"stain: {len(y)} patches, per class {np.bincount(y).tolist()}", flush=True)
+        head = standardised_mlp(x, y, (16,), args.seed_base)
+        write_model(args.out, "stain", head, args)
     return 0
 
 
+MODEL_INFO = {
+    "focus": {
+        "version": "1.0.0",
+        "mpp": 1.0,
+        "normalisation": "grey = (77 R + 150 G + 29 B) >> 8, then / 255",
+        "classes": list(nets.FOCUS_CLASSES),
+        "kind": "tile",
+        "thresholds": {"blur": 0.5},
+        "max_batch": 64,
+        "description": "probability that a 64 px crop at ~1 um/px is out of focus",
+    },
+    "artifact": {
+        "version": "1.0.0",
+        "mpp": 4.0,
+        "normalisation": "RGB / 255",
+        "classes": list(nets.ARTIFACT_CLASSES),
+        "kind": "dense",
+        "thresholds": {k: 0.5 for k in ("pen", "fold", "bubble", "debris", "edge")},
+        "max_batch": 16,
+        "description": "per-pixel class probabilities of a 192 px window at ~4 um/px",
+    },
+    "stain": {
+        "version": "1.0.0",
+        "mpp": 4.0,
+        "normalisation": "RGB / 255",
+        "classes": list(nets.STAIN_CLASSES),
+        "kind": "tile",
+        "thresholds": {},
+        "max_batch": 32,
+        "description": "stain of a 32 px tissue patch at ~4 um/px (slide: mean of patches)",
+    },
+}
+
+
 def write_model(out: Path, name: str, head: nets.Head, args: argparse.Namespace) -> None:
+    """models/<name>/model.onnx and manifest.toml (the card's numbers come from bench qc)."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    model = nets.full(name, head)
     path = folder / "model.onnx"
-    path.write_bytes(model.SerializeToString())
+    path.write_bytes(nets.full(name, head).SerializeToString())
+    info = MODEL_INFO[name]
+    shape = [-1, *nets.INPUT_SHAPES[name]]
+    thresholds = "".join(f'"{k}" = {v}\n' for k, v in info["thresholds"].items())
+    manifest = (
+        f"# {info['description']}\n"
+        f"# Written by tools/train_models.py --slides {args.slides} --seed-base {args.seed_base}\n"
+        f'name = "{name}"\nversion = "{info["version"]}"\nfile = "model.onnx"\n'
+        f'sha256 = "{sha256_file(path)}"\nkind = "{info["kind"]}"\n'
+        f"max_batch = {info['max_batch']}\n"
+        f"training = {{ slides = {args.slides}, seed_base = {args.seed_base} }}\n\n"
+        f'[input]\nname = "image"\nshape = {shape}\nmpp = {info["mpp"]}\n'
+        f'normalisation = "{info["normalisation"]}"\n\n'
+        f'[output]\nname = "probabilities"\nclasses = {json.dumps(info["classes"])}\n\n'
+        f"[thresholds]\n{thresholds}"
+    )
+    (folder / "manifest.toml").write_text(manifest, encoding="utf-8")
     print(f"wrote {path} sha256 {sha256_file(path)[:12]}", flush=True)
 
 

@@ -36,7 +36,9 @@ class KitSample:
     crop_tissue: npt.NDArray[np.float32]  # fraction of each crop that is tissue (truth)
 
 
-def _coverage(mask: npt.NDArray[np.bool_], d: int, crops: list[FocusCrop]) -> npt.NDArray[np.float32]:
+def _coverage(
+    mask: npt.NDArray[np.bool_], d: int, crops: list[FocusCrop]
+) -> npt.NDArray[np.float32]:
     out = np.zeros(len(crops), np.float32)
     for i, c in enumerate(crops):
         part = mask[c.y // d : (c.y + c.size) // d, c.x // d : (c.x + c.size) // d]

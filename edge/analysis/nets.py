@@ -7,9 +7,10 @@ of plain ONNX operators every backend supports (Conv, AveragePool, MaxPool, Log,
     focus     (N, 1, 64, 64) grey at ~1 µm/px -> (N, 1) probability the crop is out of focus.
               Front end: band-pass energies at three scales (what defocus removes first is the
               finest band), global mean and max of local energy, log; head: MLP 10-16-1.
-    artifact  (N, 3, 128, 128) RGB at ~4 µm/px -> (N, 7, 128, 128) class probabilities per
-              pixel. Front end: optical density, its local means at 4 scales, local contrast,
-              chroma, darkest-in-neighbourhood; head: 1x1-conv MLP 22-32-32-7.
+    artifact  (N, 3, 192, 192) RGB at ~4 µm/px -> (N, 7, 192, 192) class probabilities per
+              pixel. Front end: optical density and its local means at 5 scales (up to 63 px,
+              a quarter millimetre), local contrast at 3, chroma, darkest-in-neighbourhood,
+              ring contrasts (bubble rims); head: 1x1-conv MLP 27-32-32-7.
     stain     (N, 3, 32, 32) RGB tissue patches from the mosaic -> (N, 3) probabilities of
               H&E, IHC (DAB), other. Front end: optical density statistics; head: MLP 12-16-3.
 
@@ -21,6 +22,7 @@ head)` appends the trained head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,10 +35,10 @@ ARTIFACT_CLASSES = ("background", "tissue", "pen", "fold", "bubble", "debris", "
 STAIN_CLASSES = ("H&E", "IHC", "other")
 INPUT_SHAPES = {
     "focus": (1, 64, 64),
-    "artifact": (3, 128, 128),
+    "artifact": (3, 192, 192),
     "stain": (3, 32, 32),
 }
-ARTIFACT_MARGIN = 32  # context px the artifact model needs around what it is asked about
+ARTIFACT_MARGIN = 40  # context px the artifact model needs around what it is asked about
 
 
 @dataclass
@@ -68,7 +70,7 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
         return name
 
-    def op(self, kind: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, kind: str, inputs: list[str], **attrs: Any) -> str:
         out = self.fresh(kind.lower())
         self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
         return out
@@ -83,7 +85,7 @@ class _Graph:
         )
 
     def model(
-        self, inp: str, shape: tuple[int, ...], out: str, out_shape: tuple[int | str, ...]
+        self, inp: str, shape: tuple[int | str, ...], out: str, out_shape: tuple[int | str, ...]
     ) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes,
@@ -124,7 +126,9 @@ def _focus_front(g: _Graph, x: str) -> str:
     # Contrast of the crop itself: the band energies mean little without it.
     mu = g.op("GlobalAveragePool", [x])
     centred = g.op("Sub", [x, mu])
-    var = g.op("Log", [g.op("Add", [g.op("GlobalAveragePool", [g.op("Mul", [centred, centred])]), eps])])
+    var = g.op(
+        "Log", [g.op("Add", [g.op("GlobalAveragePool", [g.op("Mul", [centred, centred])]), eps])]
+    )
     feats = g.op("Concat", [mean_e, max_e, var, mu], axis=1)  # (N,8,1,1)
     return g.op("Flatten", [feats], axis=1)
 
@@ -139,7 +143,7 @@ def _od(g: _Graph, x: str) -> str:
 def _artifact_front(g: _Graph, x: str) -> str:
     """(N,3,H,W) -> (N,22,H,W) per-pixel features."""
     od = _od(g, x)
-    means = [g.mean_pool(od, k) for k in (1, 5, 15, 31)]  # 12 channels
+    means = [g.mean_pool(od, k) for k in (1, 5, 15, 31, 63)]  # 15 channels
     grey = g.op("ReduceMean", [x], axes=[1], keepdims=1)
     g5 = g.mean_pool(grey, 5)
     g15 = g.mean_pool(grey, 15)
@@ -150,15 +154,21 @@ def _artifact_front(g: _Graph, x: str) -> str:
     std15 = g.op("Sqrt", [g.op("Relu", [var15])])
     chroma = g.op(
         "Sub",
-        [g.op("ReduceMax", [x], axes=[1], keepdims=1), g.op("ReduceMin", [x], axes=[1], keepdims=1)],
+        [
+            g.op("ReduceMax", [x], axes=[1], keepdims=1),
+            g.op("ReduceMin", [x], axes=[1], keepdims=1),
+        ],
     )
     chroma9 = g.mean_pool(chroma, 9)
     dark = g.op("Sub", [g.const(1.0), grey])
     dark_max = g.op("MaxPool", [dark], kernel_shape=[7, 7], pads=[3, 3, 3, 3])
-    rim = g.op("Sub", [g15, g.mean_pool(grey, 31)])
-    return g.op(
-        "Concat", [*means, std5, std15, chroma, chroma9, dark_max, rim, grey, g15], axis=1
-    )
+    g31, g63 = g.mean_pool(grey, 31), g.mean_pool(grey, 63)
+    rim = g.op("Sub", [g15, g31])
+    wide_rim = g.op("Sub", [g31, g63])
+    var31 = g.op("Sub", [g.mean_pool(sq, 31), g.op("Mul", [g31, g31])])
+    std31 = g.op("Sqrt", [g.op("Relu", [var31])])
+    feats = [*means, std5, std15, std31, chroma, chroma9, dark_max, rim, wide_rim, grey, g15]
+    return g.op("Concat", feats, axis=1)
 
 
 def _stain_front(g: _Graph, x: str) -> str:
@@ -167,7 +177,7 @@ def _stain_front(g: _Graph, x: str) -> str:
     mean = g.op("GlobalAveragePool", [od])
     centred = g.op("Sub", [od, mean])
     var = g.op("GlobalAveragePool", [g.op("Mul", [centred, centred])])
-    total = g.op("ReduceSum", [mean], axes=[1], keepdims=1)
+    total = g.op("ReduceSum", [mean, g.ints([1])], keepdims=1)
     share = g.op("Div", [mean, g.op("Add", [total, g.const(1e-3)])])
     rgb = g.op("GlobalAveragePool", [x])
     feats = g.op("Concat", [mean, var, share, rgb], axis=1)
@@ -177,10 +187,16 @@ def _stain_front(g: _Graph, x: str) -> str:
 _FRONTS = {"focus": _focus_front, "artifact": _artifact_front, "stain": _stain_front}
 
 
-def front_end(name: str) -> onnx.ModelProto:
+def front_end(name: str, any_size: bool = False) -> onnx.ModelProto:
+    """The feature graph alone; any_size: height and width left free (training runs the
+    fully convolutional artifact front end over whole mosaics)."""
     g = _Graph(f"{name}_features")
     out = _FRONTS[name](g, "image")
-    return g.model("image", INPUT_SHAPES[name], out, ("features",) if name != "artifact" else ("features", 128, 128))
+    if any_size:
+        c = INPUT_SHAPES[name][0]
+        return g.model("image", (c, "height", "width"), out, ("features", "height", "width"))
+    spatial: tuple[int | str, ...] = INPUT_SHAPES[name][1:] if name == "artifact" else ()
+    return g.model("image", INPUT_SHAPES[name], out, ("features", *spatial))
 
 
 def _dense_head(g: _Graph, x: str, head: Head) -> str:
@@ -214,6 +230,8 @@ def full(name: str, head: Head) -> onnx.ModelProto:
         logits = _flat_head(g, feats, head)
         g.nodes.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=1))
     out_shape: tuple[int | str, ...] = (
-        (len(ARTIFACT_CLASSES), 128, 128) if name == "artifact" else (len(head.biases[-1]),)
+        (len(ARTIFACT_CLASSES), *INPUT_SHAPES["artifact"][1:])
+        if name == "artifact"
+        else (len(head.biases[-1]),)
     )
     return g.model("image", INPUT_SHAPES[name], "probabilities", out_shape)

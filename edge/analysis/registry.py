@@ -68,7 +68,7 @@ def sha256_file(path: Path) -> str:
 
 def _need(manifest: Path, data: dict[str, Any], key: str, kind: type) -> Any:
     value = data.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ModelError(f"{manifest}: '{key}' must be a {kind.__name__}, found {value!r}")
     return value
 

@@ -104,13 +104,15 @@ def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
     if f <= 1:
         return np.ascontiguousarray(pixels[:th, :tw, :3])
     block = pixels[: th * f, : tw * f, :3].reshape(th, f, tw, f, 3)
-    return block.mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+    out: npt.NDArray[np.uint8] = block.mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+    return out
 
 
 def tissue_like(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
     """Cheap per-pixel tissue guess (stained or dark), for gating and fallbacks."""
     spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
-    return (spread > TISSUE_SPREAD) | (rgb.mean(axis=2) < TISSUE_DARK)
+    found: npt.NDArray[np.bool_] = (spread > TISSUE_SPREAD) | (rgb.mean(axis=2) < TISSUE_DARK)
+    return found
 
 
 class MosaicAccumulator:
@@ -145,7 +147,8 @@ class MosaicAccumulator:
         count = np.maximum(self._count, 1)[:, :, None]
         out = (self._sum + count // 2) // count
         out[self._count == 0] = fill
-        return out.astype(np.uint8)
+        image: npt.NDArray[np.uint8] = out.astype(np.uint8)
+        return image
 
     def covered(self) -> npt.NDArray[np.bool_]:
         return self._count > 0
@@ -242,7 +245,9 @@ class AnalysisSampler:
                         grey, ((0, n - grey.shape[0]), (0, n - grey.shape[1])), mode="reflect"
                     )
                 size = n * g.decode_scale
-                self._crops.append(FocusCrop(x0 + cx * g.decode_scale, y0 + cy * g.decode_scale, size))
+                self._crops.append(
+                    FocusCrop(x0 + cx * g.decode_scale, y0 + cy * g.decode_scale, size)
+                )
                 self._pixels.append(grey)
                 if len(self._crops) >= self._batch_size:
                     self.flush()

@@ -1,0 +1,121 @@
+"""Analysis entry points: a slide on its own (`edge analyse`) or riding a conversion.
+
+Both end in the same outputs (edge.analysis.outputs). When QC cannot run, the report still
+exists, with verdict "review" and the reason "QC unavailable: <why>", and a conversion that
+carried the analysis still succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.analysis.outputs import write_outputs
+from edge.analysis.run import Analyser, AnalysisOptions, AnalysisResult, QcUnavailable
+from edge.errors import EdgeError
+from edge.slide.open import open_slide
+from edge.slide.source import SlideSource
+from edge.slide.stream import TileConsumer, stream_tiles
+
+LOGGER = logging.getLogger(__name__)
+
+
+def unavailable(reason: str) -> AnalysisResult:
+    return AnalysisResult(
+        available=False, unavailable=reason, verdict="review", reasons=[f"QC unavailable: {reason}"]
+    )
+
+
+class SlideAnalysis:
+    """One slide's analysis state across a pass: the consumer to add, then the result."""
+
+    def __init__(self, options: AnalysisOptions) -> None:
+        self.options = options
+        self._analyser: Analyser | None = None
+        self._reason = ""
+        try:
+            self._analyser = Analyser.create(options)
+        except QcUnavailable as exc:
+            self._reason = str(exc)
+
+    def consumers(self, source: SlideSource) -> tuple[TileConsumer, ...]:
+        if self._analyser is None:
+            return ()
+        try:
+            return (self._analyser.start(source),)
+        except QcUnavailable as exc:
+            self._reason = str(exc)
+            self._analyser = None
+            return ()
+
+    def result(self) -> AnalysisResult:
+        if self._analyser is None:
+            return unavailable(self._reason)
+        try:
+            return self._analyser.finish()
+        except EdgeError as exc:  # a model failing mid-slide: the slide is still converted
+            LOGGER.warning("analysis failed: %s", exc)
+            return unavailable(str(exc))
+
+
+def analyse_file(
+    path: Path,
+    outdir: Path,
+    options: AnalysisOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Analyse one slide with a read pass of its own; write outputs; return the report.
+    Raises InputError for unreadable slides (QC problems end up in the report instead)."""
+    return write_outputs(analyse_path(path, options, progress), outdir, path.name)
+
+
+def analyse_path(
+    path: Path,
+    options: AnalysisOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AnalysisResult:
+    """The analysis of one slide, reading only its level 0."""
+    analysis = SlideAnalysis(options or AnalysisOptions())
+    source = open_slide(path)
+    try:
+        consumers = analysis.consumers(source)
+        if consumers:
+            level = source.levels[0]
+            total = level.frame_count
+            done = 0
+
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress is not None:
+                    progress(done, total)
+
+            stream_tiles(_Level0(source), consumers, tick)
+    finally:
+        source.close()
+    return analysis.result()
+
+
+class _Level0:
+    """A view of a source with only its level 0: analysing alone reads nothing else."""
+
+    def __init__(self, source: SlideSource) -> None:
+        self._source = source
+        self.path = source.path
+        self.metadata = source.metadata
+        self.levels = source.levels[:1]
+        self.associated = source.associated
+
+    def frames(self, level: Any) -> Any:
+        return self._source.frames(level)
+
+    def decode(self, frame: Any) -> Any:
+        return self._source.decode(frame)
+
+    def associated_pixels(self, kind: Any) -> Any:
+        return self._source.associated_pixels(kind)
+
+    def close(self) -> None:
+        self._source.close()

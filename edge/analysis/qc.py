@@ -1,0 +1,236 @@
+"""From probability maps to what the technician reads: masks, fractions, regions, a verdict.
+
+Pure functions over numpy arrays on the mosaic grid; no I/O, no models. The thresholds are
+the appliance's documented defaults (config [analysis.qc] overrides them):
+
+    rescan when   >= 10% of tissue out of focus, or >= 5% under pen, folded, or under bubbles
+    review when   an artifact covers at least `review_share` (60%) of its rescan threshold,
+                  debris or a coverslip edge over >= 5% of tissue, no tissue found, or the
+                  stain is not H&E or IHC
+    pass          otherwise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+Mask = npt.NDArray[np.bool_]
+Prob = npt.NDArray[np.float32]
+
+QC_CLASSES = ("blur", "pen", "fold", "bubble", "debris", "edge")
+_NAMES = {
+    "blur": "out of focus",
+    "pen": "under pen marks",
+    "fold": "folded",
+    "bubble": "under air bubbles",
+    "debris": "under debris",
+    "edge": "beyond a coverslip edge",
+}
+_ACTIONS = {
+    "blur": "rescan",
+    "pen": "clean the slide and rescan",
+    "fold": "recut or rescan",
+    "bubble": "remount and rescan",
+    "debris": "review",
+    "edge": "review",
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Fractions of tissue at which a slide must be rescanned (None: never on its own)."""
+
+    rescan: dict[str, float | None] = field(
+        default_factory=lambda: {
+            "blur": 0.10,
+            "pen": 0.05,
+            "fold": 0.05,
+            "bubble": 0.05,
+            "debris": None,
+            "edge": None,
+        }
+    )
+    review: dict[str, float] = field(default_factory=lambda: {"debris": 0.05, "edge": 0.05})
+    review_share: float = 0.6  # of a rescan threshold: close enough for a person to look
+    probability: dict[str, float] = field(default_factory=dict)  # per-class map cut-offs
+    # Smaller regions of a class are noise, not findings (an air bubble is never a speck; a
+    # piece of debris can be).
+    min_region_mm2: dict[str, float] = field(
+        default_factory=lambda: {"bubble": 0.03, "fold": 0.01, "pen": 0.01, "debris": 0.0005}
+    )
+    default_min_region_mm2: float = 0.005
+    smoothing_px: int = 5  # artifact maps are averaged over this many mosaic px first
+    min_tissue_mm2: float = 0.5  # less tissue than this: "no tissue found"
+
+    def cut(self, kind: str) -> float:
+        return self.probability.get(kind, 0.5)
+
+    def min_region(self, kind: str) -> float:
+        return self.min_region_mm2.get(kind, self.default_min_region_mm2)
+
+
+@dataclass(frozen=True)
+class Region:
+    kind: str
+    area_mm2: float
+    x: int  # centroid, level-0 px
+    y: int
+    bbox: tuple[int, int, int, int]  # level-0 px: x, y, width, height
+
+
+@dataclass
+class Findings:
+    tissue: Mask
+    masks: dict[str, Mask]
+    fractions: dict[str, float]
+    regions: dict[str, list[Region]]
+    tissue_mm2: float
+    fragments: int
+
+
+def tissue_mask(
+    artifact_probs: Prob,
+    tissue_index: int,
+    background_index: int,
+    pixel_mm2: float,
+    min_piece_mm2: float = 0.05,
+) -> Mask:
+    """Tissue: where the artifact model does not see glass, with marks over tissue (pen,
+    edge shadow) counted as the tissue beneath when tissue surrounds them."""
+    not_glass = artifact_probs[background_index] < 0.5
+    # Pen or an edge's shadow on glass is not tissue; inside a piece it is (holes filled).
+    solid = not_glass & (artifact_probs[tissue_index] >= 0.25)
+    for kind_prob in artifact_probs[tissue_index + 1 :]:
+        solid |= (
+            not_glass
+            & (kind_prob >= 0.5)
+            & ndimage.binary_dilation(artifact_probs[tissue_index] >= 0.5, iterations=2)
+        )
+    solid = ndimage.binary_opening(solid, iterations=1)
+    solid = ndimage.binary_fill_holes(solid)
+    return remove_small(solid, max(1, int(min_piece_mm2 / pixel_mm2)))
+
+
+def remove_small(mask: Mask, min_pixels: int) -> Mask:
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_pixels
+    keep[0] = False
+    out: Mask = keep[labels]
+    return out
+
+
+def regions_of(mask: Mask, kind: str, downsample: int, pixel_mm2: float) -> list[Region]:
+    """Connected regions of a class, largest first, in level-0 coordinates."""
+    labels, _ = ndimage.label(mask)
+    found = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        part = labels[box] == index
+        area = int(part.sum())
+        cy, cx = ndimage.center_of_mass(part)
+        ys, xs = box
+        found.append(
+            Region(
+                kind,
+                round(area * pixel_mm2, 3),
+                int((xs.start + cx + 0.5) * downsample),
+                int((ys.start + cy + 0.5) * downsample),
+                (
+                    xs.start * downsample,
+                    ys.start * downsample,
+                    (xs.stop - xs.start) * downsample,
+                    (ys.stop - ys.start) * downsample,
+                ),
+            )
+        )
+    return sorted(found, key=lambda r: -r.area_mm2)
+
+
+def findings(
+    probs: dict[str, Prob],
+    tissue: Mask,
+    downsample: int,
+    mosaic_mpp: float,
+    thresholds: Thresholds,
+) -> Findings:
+    """Masks (probability >= cut, on tissue for blur, minus specks), fractions of tissue,
+    regions, tissue area and fragment count."""
+    pixel_mm2 = (mosaic_mpp / 1000.0) ** 2
+    n_tissue = int(tissue.sum())
+    masks, fractions, regions = {}, {}, {}
+    for kind in QC_CLASSES:
+        prob = probs.get(kind)
+        if prob is None:
+            continue
+        if kind == "blur":
+            mask = (prob >= thresholds.cut(kind)) & tissue
+        else:
+            smooth = ndimage.uniform_filter(prob, thresholds.smoothing_px, mode="nearest")
+            mask = smooth >= thresholds.cut(kind)
+        mask = remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
+        masks[kind] = mask
+        fractions[kind] = float((mask & tissue).sum()) / n_tissue if n_tissue else 0.0
+        regions[kind] = regions_of(mask, kind, downsample, pixel_mm2)
+    _, fragments = ndimage.label(tissue)
+    return Findings(tissue, masks, fractions, regions, n_tissue * pixel_mm2, int(fragments))
+
+
+def _pct(f: float) -> str:
+    return f"{max(1, round(100 * f))}%"
+
+
+def verdict(
+    found: Findings, thresholds: Thresholds, stain: str, mosaic_mpp: float
+) -> tuple[str, list[str]]:
+    """("pass" | "rescan" | "review", reasons for the technician, most serious first)."""
+    rescan: list[str] = []
+    review: list[str] = []
+    if found.tissue_mm2 < thresholds.min_tissue_mm2:
+        return "review", [f"review: no tissue found ({found.tissue_mm2:.2f} mm2 detected)"]
+    for kind, fraction in found.fractions.items():
+        largest = found.regions[kind][0] if found.regions.get(kind) else None
+        where = (
+            f", largest region {largest.area_mm2:.1f} mm2 at x={largest.x}, y={largest.y}"
+            if largest
+            else ""
+        )
+        limit = thresholds.rescan.get(kind)
+        text = f"{_pct(fraction)} of tissue {_NAMES[kind]}{where}"
+        if limit is not None and fraction >= limit:
+            rescan.append(f"{_ACTIONS[kind]}: {text}")
+        elif limit is not None and fraction >= thresholds.review_share * limit and fraction > 0:
+            review.append(f"review: {text} (rescan from {_pct(limit)})")
+        elif kind in thresholds.review and fraction >= thresholds.review[kind]:
+            review.append(f"review: {text}")
+    if stain not in ("H&E", "IHC"):
+        review.append(f"review: stain not recognised as H&E or IHC ({stain})")
+    if rescan:
+        return "rescan", rescan + review
+    if review:
+        return "review", review
+    return "pass", []
+
+
+def summary(found: Findings) -> dict[str, Any]:
+    """Numbers for the report: per class fraction, area and the largest regions."""
+    out: dict[str, Any] = {}
+    for kind, fraction in found.fractions.items():
+        regs = found.regions.get(kind, [])
+        out[kind] = {
+            "fraction_of_tissue": round(fraction, 4),
+            "area_mm2": round(sum(r.area_mm2 for r in regs), 3),
+            "regions": len(regs),
+            "largest": [
+                {"area_mm2": r.area_mm2, "x": r.x, "y": r.y, "bbox": list(r.bbox)} for r in regs[:5]
+            ],
+        }
+    return out

@@ -1,0 +1,215 @@
+"""One slide's analysis: models opened once, the sampler riding the read pass, results out.
+
+    analyser = Analyser.create(options)               # models verified, backend chosen
+    consumer = analyser.start(source)                 # a TileConsumer for stream_tiles
+    ... the convert pass (or a pass of its own) ...
+    result = analyser.finish()                        # tissue, artifacts, stain, verdict
+
+When the models cannot be used (missing, corrupt, wrong shape, no backend) or the slide is
+not something they can judge (fluorescence), the result says "QC unavailable: <reason>" and
+the conversion goes on: a slide is never lost because its QC could not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.analysis import nets, qc, registry
+from edge.analysis.backends.base import Session
+from edge.analysis.backends.select import DEFAULT_CACHE_DIR, open_session
+from edge.analysis.dense import predict_dense
+from edge.analysis.sampler import AnalysisSampler, FocusCrop, FocusGrid, Geometry
+from edge.errors import EdgeError
+from edge.slide.source import SlideSource
+
+LOGGER = logging.getLogger(__name__)
+ASSUMED_MPP = 0.25
+STAIN_PATCHES = 32
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    backend: str = "auto"
+    models_dir: Path = registry.DEFAULT_MODELS_DIR
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    threads: int | None = None
+    thresholds: qc.Thresholds = field(default_factory=qc.Thresholds)
+    mpp: float | None = None  # override the file's pixel size
+
+
+@dataclass
+class AnalysisResult:
+    """Everything the outputs need. `available` False: `unavailable` says why."""
+
+    available: bool
+    unavailable: str = ""
+    verdict: str = "review"
+    reasons: list[str] = field(default_factory=list)
+    geometry: Geometry | None = None
+    maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # 0..1 per class
+    findings: qc.Findings | None = None
+    stain: str = "unknown"
+    stain_scores: dict[str, float] = field(default_factory=dict)
+    priority: int = 0
+    models: list[dict[str, str]] = field(default_factory=list)
+    backend: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+    crops_scored: int = 0
+    focus_scores: list[tuple[FocusCrop, float]] = field(default_factory=list)
+    mosaic: npt.NDArray[np.uint8] | None = None
+
+
+class QcUnavailable(EdgeError):
+    """Analysis cannot run for this slide or on this box; the reason is for the technician."""
+
+
+class Analyser:
+    def __init__(
+        self, options: AnalysisOptions, sessions: dict[str, Session], specs: dict[str, Any]
+    ) -> None:
+        self.options = options
+        self.sessions = sessions
+        self.specs = specs
+        self._sampler: AnalysisSampler | None = None
+        self._focus: FocusGrid | None = None
+        self._focus_seconds = 0.0
+        self._started = 0.0
+
+    @classmethod
+    def create(cls, options: AnalysisOptions = AnalysisOptions()) -> Analyser:
+        """Verify and open the three models. Raises QcUnavailable with the reason."""
+        sessions: dict[str, Session] = {}
+        specs: dict[str, Any] = {}
+        for name in ("focus", "artifact", "stain"):
+            folder = options.models_dir / name
+            try:
+                spec = registry.load_model(folder)
+                if spec.input_shape[1:] != nets.INPUT_SHAPES[name]:
+                    raise registry.ModelError(
+                        f"{spec.path}: input shape {list(spec.input_shape[1:])}, the analysis "
+                        f"feeds {list(nets.INPUT_SHAPES[name])}"
+                    )
+                sessions[name] = open_session(
+                    spec, options.backend, options.cache_dir, options.threads
+                )
+            except EdgeError as exc:
+                raise QcUnavailable(f"model {name}: {exc}") from None
+            specs[name] = spec
+        return cls(options, sessions, specs)
+
+    @property
+    def backend(self) -> str:
+        return next(iter(self.sessions.values())).backend
+
+    def start(self, source: SlideSource) -> AnalysisSampler:
+        """The consumer to add to the slide's read pass. Raises QcUnavailable."""
+        level = source.levels[0]
+        fluorescent = any(p.illumination == "fluorescence" for p in source.metadata.optical_paths)
+        if fluorescent or level.samples != 3:
+            raise QcUnavailable("fluorescence or non-RGB slide: the QC models judge brightfield")
+        mpp = self.options.mpp or source.metadata.mpp or ASSUMED_MPP
+        geometry = Geometry.plan(level.width, level.height, mpp)
+        self._focus = FocusGrid(geometry)
+        focus_spec = self.specs["focus"]
+        self._sampler = AnalysisSampler(geometry, self._score_focus, focus_spec.max_batch)
+        self._started = time.monotonic()
+        return self._sampler
+
+    def _score_focus(self, crops: list[FocusCrop], grey: npt.NDArray[np.uint8]) -> None:
+        assert self._focus is not None
+        t = time.monotonic()
+        batch = grey[:, None].astype(np.float32) * np.float32(1 / 255)
+        probs = self.sessions["focus"].run(batch)[:, 0]
+        for crop, p in zip(crops, probs, strict=True):
+            self._focus.add(crop, float(p))
+        self._focus_seconds += time.monotonic() - t
+
+    def finish(self) -> AnalysisResult:
+        """Tissue, artifacts, stain and the verdict, after the pass has ended."""
+        assert self._sampler is not None and self._focus is not None
+        sampler, geometry = self._sampler, self._sampler.geometry
+        pass_seconds = time.monotonic() - self._started
+        t = time.monotonic()
+        mosaic = sampler.mosaic.image()
+        art = predict_dense(self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES))
+        dense_seconds = time.monotonic() - t
+        idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
+        pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
+        tissue = qc.tissue_mask(art, idx["tissue"], idx["background"], pixel_mm2)
+        maps = {"tissue": (1.0 - art[idx["background"]]).astype(np.float32)}
+        maps["blur"] = np.where(self._focus.scored(), self._focus.probability(), 0).astype(
+            np.float32
+        )
+        for kind in ("pen", "fold", "bubble", "debris", "edge"):
+            maps[kind] = art[idx[kind]]
+        thresholds = self.options.thresholds
+        found = qc.findings(
+            maps, tissue, geometry.mosaic_downsample, geometry.mosaic_mpp, thresholds
+        )
+        stain, scores = self._stain(mosaic, tissue)
+        verdict, reasons = qc.verdict(found, thresholds, stain, geometry.mosaic_mpp)
+        return AnalysisResult(
+            available=True,
+            verdict=verdict,
+            reasons=reasons,
+            geometry=geometry,
+            maps=maps,
+            findings=found,
+            stain=stain,
+            stain_scores=scores,
+            priority=priority(verdict, found),
+            models=[spec.identity() for spec in self.specs.values()],
+            backend=self.backend,
+            seconds={
+                "pass": round(pass_seconds, 3),
+                "focus_model": round(self._focus_seconds, 3),
+                "artifact_model": round(dense_seconds, 3),
+                "total_after_pass": round(time.monotonic() - t, 3),
+            },
+            crops_scored=sampler.crops_scored,
+            focus_scores=self._focus.scores,
+            mosaic=mosaic,
+        )
+
+    def _stain(
+        self, mosaic: npt.NDArray[np.uint8], tissue: npt.NDArray[np.bool_]
+    ) -> tuple[str, dict[str, float]]:
+        """Stain from up to STAIN_PATCHES tissue-filled 32 px patches of the mosaic."""
+        patches = tissue_patches(mosaic, tissue, 32, STAIN_PATCHES)
+        if not len(patches):
+            return "unknown", {}
+        batch = patches.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        probs = self.sessions["stain"].run(np.ascontiguousarray(batch)).mean(axis=0)
+        scores = {c: round(float(p), 4) for c, p in zip(nets.STAIN_CLASSES, probs, strict=True)}
+        return nets.STAIN_CLASSES[int(np.argmax(probs))], scores
+
+
+def tissue_patches(
+    mosaic: npt.NDArray[np.uint8], tissue: npt.NDArray[np.bool_], size: int, limit: int
+) -> npt.NDArray[np.uint8]:
+    """Up to `limit` size x size patches that are at least 90% tissue, spread over the slide."""
+    h, w = tissue.shape
+    found = []
+    for y in range(0, h - size + 1, size):
+        for x in range(0, w - size + 1, size):
+            if tissue[y : y + size, x : x + size].mean() >= 0.9:
+                found.append(mosaic[y : y + size, x : x + size])
+    if len(found) > limit:
+        pick = np.linspace(0, len(found) - 1, limit).round().astype(int)
+        found = [found[i] for i in pick]
+    return np.stack(found) if found else np.zeros((0, size, size, 3), np.uint8)
+
+
+def priority(verdict: str, found: qc.Findings) -> int:
+    """0-100, higher first: a slide the technician must rescan, then ones to review, then by
+    how much of the tissue any finding covers (a site's own classifier will add to this)."""
+    base = {"rescan": 80, "review": 50, "pass": 10}[verdict]
+    worst = max(found.fractions.values(), default=0.0)
+    return int(min(100, base + round(20 * min(1.0, worst * 4))))

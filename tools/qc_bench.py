@@ -1,0 +1,268 @@
+"""`tools/bench qc` and `tools/bench pace`: QC accuracy on fresh kit slides, and speed.
+
+qc: kit slides from seeds never used in training (default 50000..), written as SVS and
+analysed by the appliance's own code (edge.analysis.api.analyse_path: one read pass, the
+shipped models, the configured thresholds), scored against the kit's truth:
+
+  focus   ROC-AUC over focus crops (64 px at ~1 µm/px) on tissue (truth tissue >= 50% of the
+          crop): positive = >= 90% inside the blur truth mask, negative = outside it; crops
+          partly blurred are left out (neither answer is wrong there).
+  pen, fold, bubble (and debris, edge for information)
+          precision and recall over 256 x 256 level-0 tiles: truth positive = the class's
+          truth mask covers >= 50% of the tile, negative = 0%, partial tiles left out;
+          predicted positive = the appliance's reported mask (after its smoothing and
+          minimum region size) covers >= 50% of the tile.
+  verdict sensitivity and specificity of verdict == "rescan" against the kit's own rescan
+          rules (edge.synth.truth); "review" counts as not rescan.
+
+pace: convert alone vs convert + analyse in the same pass on one large synthetic SVS, as
+separate processes, with peak RSS: the end-to-end megapixels per second of level 0.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_models import kit_specs
+
+from edge.analysis.api import analyse_path
+from edge.analysis.run import AnalysisOptions
+from edge.synth.model import make_model
+from edge.synth.protocol import SlideSpec
+from edge.synth.writers import write
+
+TILE = 256
+TILE_KINDS = ("pen", "fold", "bubble", "debris", "edge")
+EVAL_KINDS = ("blur", "pen", "fold", "bubble", "debris", "edge")
+
+
+@dataclass
+class Tally:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def add(self, predicted: npt.NDArray[np.bool_], actual: npt.NDArray[np.bool_]) -> None:
+        self.tp += int((predicted & actual).sum())
+        self.fp += int((predicted & ~actual).sum())
+        self.fn += int((~predicted & actual).sum())
+        self.tn += int((~predicted & ~actual).sum())
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+
+    @property
+    def specificity(self) -> float:
+        return self.tn / (self.tn + self.fp) if self.tn + self.fp else float("nan")
+
+
+@dataclass
+class Scores:
+    focus_p: list[float] = field(default_factory=list)
+    focus_y: list[bool] = field(default_factory=list)
+    tiles: dict[str, Tally] = field(default_factory=lambda: {k: Tally() for k in TILE_KINDS})
+    verdict: Tally = field(default_factory=Tally)
+    slides: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+
+def eval_specs(n: int, seed_base: int) -> list[SlideSpec]:
+    """Like training's kit (sizes, pixel sizes, stains, mixes), from other seeds; no stain
+    failures (the v1 models do not judge staining intensity; see the model card)."""
+    return [
+        SlideSpec(
+            s.width, s.height, s.seed, s.mpp, s.stain, tuple(a for a in s.artifacts if a != "stain")
+        )
+        for s in kit_specs(n, seed_base)
+    ]
+
+
+def tile_fractions(mask: npt.NDArray[np.bool_], cell: int) -> npt.NDArray[np.float64]:
+    h, w = mask.shape[0] // cell, mask.shape[1] // cell
+    return mask[: h * cell, : w * cell].reshape(h, cell, w, cell).mean(axis=(1, 3))
+
+
+def score_slide(spec: SlideSpec, path: Path, scores: Scores, options: AnalysisOptions) -> None:
+    model = make_model(spec)
+    truth = model.truth()
+    started = time.monotonic()
+    result = analyse_path(path, options)
+    scores.seconds += time.monotonic() - started
+    scores.megapixels += spec.width * spec.height / 1e6
+    if not result.available or result.geometry is None or result.findings is None:
+        raise RuntimeError(f"{path}: QC unavailable: {result.unavailable}")
+    d = result.geometry.mosaic_downsample
+    masks = model.masks(d)
+    empty = np.zeros_like(masks["tissue"])
+    fine = result.geometry.decode_scale * 16
+    fine_masks = model.masks(fine)
+    blur_truth = fine_masks.get("blur", np.zeros_like(fine_masks["tissue"]))
+    for crop, p in result.focus_scores:
+        box = (
+            slice(crop.y // fine, (crop.y + crop.size) // fine),
+            slice(crop.x // fine, (crop.x + crop.size) // fine),
+        )
+        if fine_masks["tissue"][box].mean() < 0.5:
+            continue
+        inside = float(blur_truth[box].mean())
+        if inside >= 0.9 or inside == 0.0:
+            scores.focus_p.append(p)
+            scores.focus_y.append(inside >= 0.9)
+    cell = TILE // d
+    for kind in TILE_KINDS:
+        actual = tile_fractions(masks.get(kind, empty), cell)
+        predicted = tile_fractions(result.findings.masks.get(kind, empty), cell) >= 0.5
+        keep = (actual >= 0.5) | (actual == 0)
+        scores.tiles[kind].add(predicted[keep], (actual >= 0.5)[keep])
+    said = result.verdict == "rescan"
+    scores.verdict.add(np.array([said]), np.array([truth.needs_rescan]))
+    scores.slides.append(
+        {
+            "seed": spec.seed,
+            "size": f"{spec.width}x{spec.height}",
+            "mpp": spec.mpp,
+            "stain": spec.stain,
+            "artifacts": list(spec.artifacts),
+            "truth": "rescan" if truth.needs_rescan else "no rescan",
+            "truth_reasons": list(truth.reasons),
+            "verdict": result.verdict,
+            "reasons": result.reasons,
+            "stain_found": result.stain,
+        }
+    )
+
+
+def roc_auc(p: list[float], y: list[bool]) -> float:
+    """Mann-Whitney U form of ROC-AUC (ties count half)."""
+    pa, ya = np.asarray(p), np.asarray(y, bool)
+    pos, neg = pa[ya], pa[~ya]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(values):  # average ranks over ties
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def run_qc(n: int, seed_base: int, workdir: Path, options: AnalysisOptions) -> Scores:
+    workdir.mkdir(parents=True, exist_ok=True)
+    scores = Scores()
+    for spec in eval_specs(n, seed_base):
+        path = workdir / f"eval-{spec.seed}-{spec.width}x{spec.height}.svs"
+        if not path.exists():
+            write(make_model(spec), path, "svs", quality=90)
+        score_slide(spec, path, scores, options)
+        last = scores.slides[-1]
+        print(
+            f"seed {spec.seed}: truth {last['truth']}, verdict {last['verdict']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return scores
+
+
+def qc_markdown(scores: Scores, n: int, seed_base: int) -> str:
+    f = lambda v: "n/a" if v != v else f"{v:.3f}"  # noqa: E731 (nan-safe)
+    auc = roc_auc(scores.focus_p, scores.focus_y)
+    lines = [
+        f"Slides: {n} kit slides, seeds {seed_base}..{seed_base + n - 1} (training used "
+        f"1000..1127), {scores.megapixels:.0f} MP of level 0 analysed in {scores.seconds:.1f} s "
+        f"({scores.megapixels / max(scores.seconds, 1e-9):.0f} MP/s, analysis alone).",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| focus crops ROC-AUC ({sum(scores.focus_y)} blurred / {len(scores.focus_y)}) | "
+        f"{f(auc)} | >= 0.95 |",
+    ]
+    for kind in TILE_KINDS:
+        t = scores.tiles[kind]
+        target = ">= 0.90 / >= 0.90" if kind in ("pen", "fold", "bubble") else "(information)"
+        lines.append(
+            f"| {kind} tiles precision / recall ({t.tp + t.fn} positive of "
+            f"{t.tp + t.fn + t.fp + t.tn}) | {f(t.precision)} / {f(t.recall)} | {target} |"
+        )
+    v = scores.verdict
+    lines.append(
+        f"| rescan verdict sensitivity / specificity ({v.tp + v.fn} need a rescan of "
+        f"{v.tp + v.fn + v.fp + v.tn}) | {f(v.recall)} / {f(v.specificity)} | >= 0.95 / >= 0.90 |"
+    )
+    wrong = [s for s in scores.slides if (s["verdict"] == "rescan") != (s["truth"] == "rescan")]
+    if wrong:
+        lines += ["", "Slides where the verdict and the truth differ:", ""]
+        for s in wrong:
+            kinds = ", ".join(s["artifacts"]) or "clean"
+            lines.append(
+                f"- seed {s['seed']} ({s['size']}, {s['stain']}, {kinds}):"
+                f" truth {s['truth']} {s['truth_reasons']}; verdict {s['verdict']} {s['reasons']}"
+            )
+    return "\n".join(lines)
+
+
+def qc_targets_met(scores: Scores) -> bool:
+    auc = roc_auc(scores.focus_p, scores.focus_y)
+    ok = auc >= 0.95
+    for kind in ("pen", "fold", "bubble"):
+        t = scores.tiles[kind]
+        ok &= t.precision >= 0.9 and t.recall >= 0.9
+    return bool(ok and scores.verdict.recall >= 0.95 and scores.verdict.specificity >= 0.9)
+
+
+def save_json(scores: Scores, path: Path) -> None:
+    path.write_text(json.dumps(scores.slides, indent=2))
+
+
+def pace_commands(slide: Path, out: Path, edge: str) -> dict[str, list[str]]:
+    return {
+        "convert": [edge, "convert", str(slide), "-o", str(out / "convert"), "-q"],
+        "convert + analyse": [
+            edge,
+            "convert",
+            str(slide),
+            "-o",
+            str(out / "both"),
+            "-q",
+            "--analyse",
+            "--backend",
+            "ort-cpu",
+        ],
+        "analyse alone": [
+            edge,
+            "analyse",
+            str(slide),
+            "-o",
+            str(out / "analyse"),
+            "-q",
+            "--backend",
+            "ort-cpu",
+        ],
+    }
+
+
+def run_subprocess(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
