@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -131,20 +132,39 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
     from edge.analysis.registry import DEFAULT_MODELS_DIR
 
     parser.add_argument(
+        "--config", type=Path, help="TOML with an [analysis] section (thresholds, backend)"
+    )
+    parser.add_argument(
         "--backend",
-        default="auto",
+        default=None,
         choices=("auto", *BACKEND_NAMES),
         help="inference backend (default auto: TensorRT, then CUDA, then CPU; see edge doctor)",
     )
     parser.add_argument(
-        "--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help=argparse.SUPPRESS
+        "--models-dir", type=Path, help=f"folder of the QC models (default {DEFAULT_MODELS_DIR})"
     )
 
 
 def _analysis_settings(args: argparse.Namespace) -> Any:
+    """Options from --config's [analysis] (thresholds, backend), then the command line."""
+    from edge.analysis.qc import Thresholds
     from edge.analysis.run import AnalysisOptions
+    from edge.config import Analysis, load
 
-    return AnalysisOptions(backend=args.backend, models_dir=args.models_dir, mpp=args.mpp)
+    section = load(args.config).analysis if args.config else Analysis()
+    backend = args.backend or section.backend
+    models = args.models_dir or (Path(section.models_dir) if section.models_dir else None)
+    options = AnalysisOptions(
+        backend=backend,
+        thresholds=Thresholds.from_config(section),
+        threads=section.threads or None,
+        mpp=args.mpp,
+    )
+    if models is not None:
+        options = dataclasses.replace(options, models_dir=models)
+    if section.engine_cache_dir:
+        options = dataclasses.replace(options, cache_dir=Path(section.engine_cache_dir))
+    return options
 
 
 def _verdict_line(name: str, report: dict[str, Any]) -> str:
@@ -265,7 +285,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         check_root(args.uid_root)
         if args.mpp is not None and not 0.01 <= args.mpp <= 1000:
             raise ValueError(f"--mpp {args.mpp} is outside 0.01..1000 µm")
-    except (ValueError, UidError) as exc:
+        analysis_options = _analysis_settings(args) if args.analyse else None
+    except (ValueError, UidError, EdgeError) as exc:
         print(f"edge convert: {exc}", file=sys.stderr)
         return EXIT_INPUT
     options = ConvertOptions(
@@ -310,10 +331,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 bar.update(task_id, completed=done, total=total)
 
             analysis = None
-            if args.analyse:
+            if analysis_options is not None:
                 from edge.analysis.api import SlideAnalysis
 
-                analysis = SlideAnalysis(_analysis_settings(args))
+                analysis = SlideAnalysis(analysis_options)
             try:
                 result = convert(
                     slide,

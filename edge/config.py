@@ -43,12 +43,30 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Analysis:
+    """QC and triage (`[analysis]`). Fractions are of the slide's tissue area."""
+
+    backend: str = "auto"  # auto (TensorRT, ORT-TensorRT, ORT-CUDA, PyTorch-CUDA, ORT-CPU) or one
+    models_dir: str = ""  # folder of the QC models (default: the shipped models/)
+    engine_cache_dir: str = ""  # TensorRT engines (default: <state_dir>/engines)
+    threads: int = 0  # CPU inference threads (0: one per core)
+    blur_rescan: float = 0.10  # rescan when at least this much tissue is out of focus
+    pen_rescan: float = 0.05  # rescan when at least this much tissue is under pen marks
+    fold_rescan: float = 0.05  # rescan when at least this much tissue is folded
+    bubble_rescan: float = 0.05  # rescan when at least this much tissue is under air bubbles
+    debris_review: float = 0.05  # review when at least this much tissue is under debris
+    edge_review: float = 0.05  # review when at least this much tissue lies past a coverslip edge
+    review_share: float = 0.6  # review when a finding reaches this share of its rescan limit
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: outbox database, work files
     batch_size: int = 20  # [forward] batch_size: instances per association / request
     retry_base_s: float = 5.0  # [forward] retry_base_s: first retry delay
     retry_ceiling_s: float = 3600.0  # [forward] retry_ceiling_s: longest retry delay
     destinations: tuple[Destination, ...] = field(default_factory=tuple)
+    analysis: Analysis = field(default_factory=Analysis)  # [analysis]
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -81,7 +99,7 @@ def load(path: Path) -> Config:
 
 
 def parse(data: dict[str, Any], source: str = "config") -> Config:
-    known = {"storage", "forward", "destination"}
+    known = {"storage", "forward", "destination", "analysis"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(known)}")
@@ -134,10 +152,41 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         if kind == "cstore" and not 0 < len(dest.called_aet) <= 16:
             raise ConfigError(f"{where} ({name}): called_aet must be 1..16 characters")
         dests.append(dest)
+    analysis = _analysis(data.get("analysis", {}), f"{source}: [analysis]")
     return Config(
+        analysis=analysis,
         state_dir=Path(_typed(f"{source}: [storage]", storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
         retry_ceiling_s=_typed(f"{source}: [forward]", forward, "retry_ceiling_s", float, 3600.0),
         destinations=tuple(dests),
     )
+
+
+_FRACTIONS = (
+    "blur_rescan",
+    "pen_rescan",
+    "fold_rescan",
+    "bubble_rescan",
+    "debris_review",
+    "edge_review",
+    "review_share",
+)
+
+
+def _analysis(table: dict[str, Any], where: str) -> Analysis:
+    fields = set(Analysis.__dataclass_fields__)
+    extra = sorted(set(table) - fields)
+    if extra:
+        raise ConfigError(f"{where}: unknown setting(s) {extra}; expected some of {sorted(fields)}")
+    defaults = Analysis()
+    values: dict[str, Any] = {}
+    for name in fields:
+        default = getattr(defaults, name)
+        values[name] = _typed(where, table, name, type(default), default)
+    for name in _FRACTIONS:
+        if not 0.0 < values[name] <= 1.0:
+            raise ConfigError(f"{where}: {name} must be a fraction above 0 and at most 1")
+    if values["threads"] < 0:
+        raise ConfigError(f"{where}: threads must be 0 (one per core) or more")
+    return Analysis(**values)

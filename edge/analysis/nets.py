@@ -79,9 +79,14 @@ class _Graph:
         """Local mean over k x k (same size out; the border averages what exists)."""
         if k == 1:
             return x
+        # Separable (1 x k then k x 1): the same box mean, 2k instead of k*k reads per pixel;
+        # with count_include_pad=0 the border counts factor the same way.
         p = k // 2
+        rows = self.op(
+            "AveragePool", [x], kernel_shape=[1, k], pads=[0, p, 0, p], count_include_pad=0
+        )
         return self.op(
-            "AveragePool", [x], kernel_shape=[k, k], pads=[p, p, p, p], count_include_pad=0
+            "AveragePool", [rows], kernel_shape=[k, 1], pads=[p, 0, p, 0], count_include_pad=0
         )
 
     def model(

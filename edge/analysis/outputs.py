@@ -43,6 +43,7 @@ def report_dict(result: AnalysisResult, slide: str) -> dict[str, Any]:
         "stain": result.stain,
         "stain_scores": result.stain_scores,
         "priority": result.priority,
+        "site_scores": result.site_scores,
         "models": result.models,
         "backend": result.backend,
         "seconds": result.seconds,

@@ -67,6 +67,22 @@ class Thresholds:
     smoothing_px: int = 5  # artifact maps are averaged over this many mosaic px first
     min_tissue_mm2: float = 0.5  # less tissue than this: "no tissue found"
 
+    @classmethod
+    def from_config(cls, a: Any) -> Thresholds:
+        """From config.Analysis (its fractions; the rest stays at the defaults)."""
+        return cls(
+            rescan={
+                "blur": a.blur_rescan,
+                "pen": a.pen_rescan,
+                "fold": a.fold_rescan,
+                "bubble": a.bubble_rescan,
+                "debris": None,
+                "edge": None,
+            },
+            review={"debris": a.debris_review, "edge": a.edge_review},
+            review_share=a.review_share,
+        )
+
     def cut(self, kind: str) -> float:
         return self.probability.get(kind, 0.5)
 

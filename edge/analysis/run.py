@@ -62,6 +62,7 @@ class AnalysisResult:
     backend: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     crops_scored: int = 0
+    site_scores: dict[str, float] = field(default_factory=dict)
     focus_scores: list[tuple[FocusCrop, float]] = field(default_factory=list)
     mosaic: npt.NDArray[np.uint8] | None = None
 
@@ -81,6 +82,8 @@ class Analyser:
         self._focus: FocusGrid | None = None
         self._focus_seconds = 0.0
         self._started = 0.0
+        self.site: dict[str, tuple[Any, Session]] = {}
+        self.site_errors: dict[str, str] = {}
 
     @classmethod
     def create(cls, options: AnalysisOptions = AnalysisOptions()) -> Analyser:
@@ -102,7 +105,28 @@ class Analyser:
             except EdgeError as exc:
                 raise QcUnavailable(f"model {name}: {exc}") from None
             specs[name] = spec
-        return cls(options, sessions, specs)
+        analyser = cls(options, sessions, specs)
+        analyser._open_site_models()
+        return analyser
+
+    def _open_site_models(self) -> None:
+        """A site's own tile classifiers: any other model folder whose manifest says
+        kind = "site". One that fails to load is reported, never fatal."""
+        for name, folder in registry.discover(self.options.models_dir).items():
+            if name in nets.INPUT_SHAPES:
+                continue
+            try:
+                spec = registry.load_manifest(folder)
+                if spec.kind != "site":
+                    continue
+                registry.verify(spec)
+                session = open_session(
+                    spec, self.options.backend, self.options.cache_dir, self.options.threads
+                )
+                self.site[name] = (spec, session)
+            except EdgeError as exc:
+                self.site_errors[name] = str(exc)
+                LOGGER.warning("site model %s not used: %s", name, exc)
 
     @property
     def backend(self) -> str:
@@ -155,6 +179,7 @@ class Analyser:
         )
         stain, scores = self._stain(mosaic, tissue)
         verdict, reasons = qc.verdict(found, thresholds, stain, geometry.mosaic_mpp)
+        site = self._site_scores(mosaic, tissue, geometry)
         return AnalysisResult(
             available=True,
             verdict=verdict,
@@ -164,8 +189,10 @@ class Analyser:
             findings=found,
             stain=stain,
             stain_scores=scores,
-            priority=priority(verdict, found),
-            models=[spec.identity() for spec in self.specs.values()],
+            priority=priority(verdict, found, site),
+            site_scores=site,
+            models=[spec.identity() for spec in self.specs.values()]
+            + [spec.identity() for spec, _ in self.site.values()],
             backend=self.backend,
             seconds={
                 "pass": round(pass_seconds, 3),
@@ -178,6 +205,32 @@ class Analyser:
             mosaic=mosaic,
         )
 
+    def _site_scores(
+        self, mosaic: npt.NDArray[np.uint8], tissue: npt.NDArray[np.bool_], geometry: Geometry
+    ) -> dict[str, float]:
+        """Each site model's score for the slide: the 95th percentile over tissue tiles of
+        its manifest's `priority_class` (default: its last class)."""
+        out: dict[str, float] = {}
+        for name, (spec, session) in self.site.items():
+            try:
+                factor = _site_input(spec, geometry.mosaic_mpp)
+            except QcUnavailable as exc:
+                self.site_errors[name] = str(exc)
+                continue
+            size = spec.tile_size[0] * factor
+            patches = tissue_patches(mosaic, tissue, size, 256)
+            if not len(patches):
+                continue
+            n = len(patches)
+            h = spec.tile_size[0]
+            small = patches.reshape(n, h, factor, h, factor, 3).mean(axis=(2, 4))
+            batch = np.ascontiguousarray(small.transpose(0, 3, 1, 2), np.float32) / 255.0
+            probs = session.run(batch).reshape(n, -1)
+            wanted = str(spec.extra.get("priority_class", spec.classes[-1]))
+            column = spec.classes.index(wanted) if wanted in spec.classes else -1
+            out[name] = round(float(np.percentile(probs[:, column], 95)), 4)
+        return out
+
     def _stain(
         self, mosaic: npt.NDArray[np.uint8], tissue: npt.NDArray[np.bool_]
     ) -> tuple[str, dict[str, float]]:
@@ -189,6 +242,17 @@ class Analyser:
         probs = self.sessions["stain"].run(np.ascontiguousarray(batch)).mean(axis=0)
         scores = {c: round(float(p), 4) for c, p in zip(nets.STAIN_CLASSES, probs, strict=True)}
         return nets.STAIN_CLASSES[int(np.argmax(probs))], scores
+
+
+def _site_input(spec: Any, mosaic_mpp: float) -> int:
+    """Mosaic px per site-model px (the model must see at least the mosaic's pixel size)."""
+    factor = int(round(spec.mpp / mosaic_mpp))
+    if factor < 1 or abs(spec.mpp / mosaic_mpp - factor) > 0.25:
+        raise QcUnavailable(
+            f"site model {spec.name}: trained at {spec.mpp} µm/px, the mosaic is "
+            f"{mosaic_mpp:.2f} µm/px (needs a whole multiple of it)"
+        )
+    return factor
 
 
 def tissue_patches(
@@ -207,9 +271,11 @@ def tissue_patches(
     return np.stack(found) if found else np.zeros((0, size, size, 3), np.uint8)
 
 
-def priority(verdict: str, found: qc.Findings) -> int:
+def priority(verdict: str, found: qc.Findings, site: dict[str, float] | None = None) -> int:
     """0-100, higher first: a slide the technician must rescan, then ones to review, then by
-    how much of the tissue any finding covers (a site's own classifier will add to this)."""
+    how much of the tissue any finding covers; a site classifier's score (0..1) lifts a
+    slide by up to 60 (a likely tumour goes ahead of a clean routine slide)."""
     base = {"rescan": 80, "review": 50, "pass": 10}[verdict]
     worst = max(found.fractions.values(), default=0.0)
-    return int(min(100, base + round(20 * min(1.0, worst * 4))))
+    lift = 60 * max(site.values(), default=0.0) if site else 0.0
+    return int(min(100, base + round(20 * min(1.0, worst * 4)) + round(lift)))

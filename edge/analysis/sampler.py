@@ -237,7 +237,8 @@ class AnalysisSampler:
         for cy in range(0, max(h - n // 2, 1), n):
             for cx in range(0, max(w - n // 2, 1), n):
                 rgb = reduced[cy : cy + n, cx : cx + n]
-                if tissue_like(rgb).mean() < FOCUS_MIN_TISSUE:
+                # Every 4th pixel each way is plenty to tell tissue from glass, 16x cheaper.
+                if tissue_like(rgb[::4, ::4]).mean() < FOCUS_MIN_TISSUE:
                     continue
                 grey = _grey(rgb)
                 if grey.shape != (n, n):  # 240 px tiles give 60 px crops: mirror to 64
