@@ -1,0 +1,690 @@
+"""Pure and component tests of edge.analysis: sampling geometry, the mosaic, DCT-scaled
+decoding, the ONNX networks, dense inference over windows and the QC verdict.
+
+The shipped models are being retrained from time to time: these tests read their manifests
+and never pin a sha256 or a score.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.analysis import nets, qc
+from edge.analysis.dense import MARGIN, WINDOW, predict_dense
+from edge.analysis.registry import DEFAULT_MODELS_DIR
+from edge.analysis.run import priority, tissue_patches
+from edge.analysis.sampler import (
+    MAX_MOSAIC_PIXELS,
+    AnalysisSampler,
+    FocusCrop,
+    FocusGrid,
+    Geometry,
+    MosaicAccumulator,
+    _cuts,
+    reduced_tile,
+    tissue_like,
+)
+from edge.slide.model import Codec, Level
+from edge.slide.open import open_slide
+from edge.slide.source import Frame, SlideSource
+from edge.slide.stream import StreamTile, stream_tiles
+from edge.slide.synthetic import tissue
+from tests.conftest import need, real_file
+from tests.helpers import psnr, read_level
+
+U8 = npt.NDArray[np.uint8]
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+GLASS = (238, 236, 240)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def block_mean_rounded(image: U8, step: int) -> U8:
+    """Exact block means (partial cells at the right/bottom edges average what exists),
+    rounded half up, in integer arithmetic."""
+    h, w = image.shape[:2]
+    bh, bw = math.ceil(h / step), math.ceil(w / step)
+    sums = np.zeros((bh * step, bw * step, 3), np.int64)
+    ones = np.zeros((bh * step, bw * step), np.int64)
+    sums[:h, :w] = image
+    ones[:h, :w] = 1
+    s = sums.reshape(bh, step, bw, step, 3).sum(axis=(1, 3))
+    n = ones.reshape(bh, step, bw, step).sum(axis=(1, 3))[:, :, None]
+    out: U8 = ((s + n // 2) // n).astype(np.uint8)
+    return out
+
+
+def block_floor(image: U8, f: int) -> U8:
+    h, w = image.shape[0] // f, image.shape[1] // f
+    s = image[: h * f, : w * f].astype(np.int64).reshape(h, f, w, f, -1).sum(axis=(1, 3))
+    out: U8 = (s // (f * f)).astype(np.uint8)
+    return out
+
+
+def pixel_tile(pixels: U8, tile: int, index: int = 0) -> StreamTile:
+    """A frame carrying decoded pixels only (a codec the writer re-encodes)."""
+    level = Level(0, tile, tile, tile, tile, Codec.NONE, samples=1 if pixels.ndim == 2 else 3)
+    frame = Frame(level, index, None, pixels)
+    return StreamTile(frame, source=None)  # type: ignore[arg-type]  # pixels need no source
+
+
+def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(sess: ort.InferenceSession, x: F32) -> F32:
+    out: F32 = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return out
+
+
+def shipped(name: str) -> tuple[dict[str, Any], Path]:
+    """The shipped model's manifest (parsed TOML) and its ONNX file; skipped when absent."""
+    folder = DEFAULT_MODELS_DIR / name
+    manifest = folder / "manifest.toml"
+    need(manifest.is_file(), f"shipped model {name} has no manifest at {manifest}")
+    data = tomllib.loads(manifest.read_text())
+    path = folder / str(data["file"])
+    need(path.is_file(), f"shipped model file {path} is missing")
+    return data, path
+
+
+def dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def softmax(x: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    out: npt.NDArray[np.float64] = e / e.sum(axis=axis, keepdims=True)
+    return out
+
+
+# ---- Geometry.plan ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.5])
+def test_plan_samples_focus_at_1um_and_mosaic_at_4um(mpp: float) -> None:
+    g = Geometry.plan(20000, 15000, mpp)
+    assert g.decode_scale in (1, 2, 4, 8)
+    assert g.decode_scale * mpp == pytest.approx(1.0)
+    assert g.mosaic_mpp == pytest.approx(4.0)
+    assert g.mosaic_downsample % g.decode_scale == 0
+    assert g.mosaic_shape == (math.ceil(15000 / g.mosaic_downsample), 20000 // g.mosaic_downsample)
+
+
+@pytest.mark.parametrize("mpp", [0.11, 0.3, 0.7, 2.0])
+def test_plan_stays_within_a_factor_sqrt2_of_the_targets(mpp: float) -> None:
+    g = Geometry.plan(8000, 8000, mpp)  # small enough that the mosaic bound does not bite
+    assert 1 / math.sqrt(2) <= g.decode_scale * mpp <= math.sqrt(2) or g.decode_scale in (1, 8)
+    assert 4 / math.sqrt(2) <= g.mosaic_mpp <= 4 * math.sqrt(2)
+    assert g.mosaic_downsample % g.decode_scale == 0
+
+
+def test_plan_bounds_the_mosaic_of_a_huge_slide() -> None:
+    g = Geometry.plan(200000, 200000, 0.25)
+    h, w = g.mosaic_shape
+    assert h * w <= MAX_MOSAIC_PIXELS
+    # and the downsample is the smallest power of two that keeps it under the bound
+    half = g.mosaic_downsample // 2
+    assert math.ceil(200000 / half) ** 2 > MAX_MOSAIC_PIXELS
+    assert g.decode_scale == 4  # focus sampling is not coarsened by the mosaic bound
+
+
+# ---- MosaicAccumulator and _cuts ---------------------------------------------------------------
+
+
+def assemble(
+    geometry: Geometry, tile: int, rng: np.random.Generator
+) -> tuple[list[tuple[int, int, U8]], U8]:
+    """Random reduced tiles covering the slide, and the reduced image they assemble to."""
+    s = geometry.decode_scale
+    rt = tile // s
+    rh, rw = math.ceil(geometry.height / s), math.ceil(geometry.width / s)
+    across, down = math.ceil(geometry.width / tile), math.ceil(geometry.height / tile)
+    canvas = np.zeros((down * rt, across * rt, 3), np.uint8)
+    tiles = []
+    for r in range(down):
+        for c in range(across):
+            pixels = rng.integers(0, 256, (rt, rt, 3), dtype=np.uint8)
+            canvas[r * rt : (r + 1) * rt, c * rt : (c + 1) * rt] = pixels
+            tiles.append((c * tile, r * tile, pixels))
+    return tiles, canvas[:rh, :rw]
+
+
+def test_mosaic_is_the_block_mean_across_tile_borders() -> None:
+    # 240 px tiles at scale 4 give 60 px reduced tiles: they do not divide the 4 px cells
+    # of a mosaic at 16, so cells straddle tiles; 1000 x 700 leaves partial edge cells.
+    g = Geometry(1000, 700, 0.25, 4, 16)
+    rng = np.random.default_rng(7)
+    tiles, reduced = assemble(g, 240, rng)
+    acc = MosaicAccumulator(g)
+    for i in rng.permutation(len(tiles)):  # order must not matter
+        x0, y0, pixels = tiles[i]
+        acc.add(x0, y0, pixels)
+    expected = block_mean_rounded(reduced, 4)
+    assert acc.image().shape == (*g.mosaic_shape, 3) == expected.shape
+    assert acc.covered().all()
+    np.testing.assert_array_equal(acc.image(), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(1, 700),
+    height=st.integers(1, 500),
+    scale=st.sampled_from([1, 2, 4, 8]),
+    cell=st.sampled_from([1, 2, 3, 4, 8]),
+    tile_units=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_mosaic_block_mean_for_any_tile_and_cell(
+    width: int, height: int, scale: int, cell: int, tile_units: int, seed: int
+) -> None:
+    tile = 16 * tile_units
+    if tile % scale:
+        return
+    g = Geometry(width, height, 0.25, scale, scale * cell)
+    tiles, reduced = assemble(g, tile, np.random.default_rng(seed))
+    acc = MosaicAccumulator(g)
+    for x0, y0, pixels in tiles:
+        acc.add(x0, y0, pixels)
+    np.testing.assert_array_equal(acc.image(), block_mean_rounded(reduced, cell))
+
+
+def test_uncovered_mosaic_pixels_are_glass() -> None:
+    g = Geometry(512, 512, 0.25, 4, 16)
+    acc = MosaicAccumulator(g)
+    acc.add(0, 0, np.zeros((64, 64, 3), np.uint8))  # the top-left 256 x 256 only
+    image, covered = acc.image(fill=250), acc.covered()
+    assert covered[:16, :16].all() and not covered[16:].any() and not covered[:, 16:].any()
+    assert (image[:16, :16] == 0).all() and (image[16:] == 250).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(origin=st.integers(0, 5000), length=st.integers(1, 500), step=st.integers(1, 64))
+def test_cuts_split_a_run_at_cell_borders(origin: int, length: int, step: int) -> None:
+    cuts = _cuts(origin, length, step)
+    assert cuts[0] == 0
+    assert all(a < b for a, b in itertools.pairwise(cuts))
+    assert cuts[-1] < length
+    assert all((origin + c) % step == 0 for c in cuts[1:])
+    ends = [*cuts[1:], length]
+    cells = [(origin + a) // step for a in cuts]
+    # each piece lies in one cell, and consecutive pieces are in consecutive cells
+    assert all(
+        (origin + a) // step == (origin + b - 1) // step for a, b in zip(cuts, ends, strict=False)
+    )
+    assert cells == list(range(cells[0], cells[0] + len(cells)))
+    assert len(cuts) == (origin + length - 1) // step - origin // step + 1
+
+
+# ---- reduced_tile ------------------------------------------------------------------------------
+
+
+def test_dct_scaled_jpeg_decode_is_close_to_block_mean_of_full_decode() -> None:
+    source = open_slide(real_file("aperio-svs/CMU-1-Small-Region.svs"))
+    try:
+        level = source.levels[0]
+        assert level.codec is Codec.JPEG and level.tile_width == 240
+        checked = 0
+        for frame in source.frames(level):
+            if frame.row != 5 or frame.data is None:
+                continue
+            tile = StreamTile(frame, source)
+            reduced = reduced_tile(tile, 4)
+            full = source.decode(frame)
+            assert reduced.shape == (60, 60, 3) and reduced.dtype == np.uint8
+            reference = block_floor(np.asarray(full), 4)
+            assert psnr(reduced, reference) >= 30, f"tile {frame.index}"
+            checked += 1
+        assert checked == level.tiles_across
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_pixels_only_frame_is_reduced_by_exact_block_mean(scale: int) -> None:
+    pixels = np.random.default_rng(scale).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    reduced = reduced_tile(pixel_tile(pixels, 256), scale)
+    assert reduced.shape == (256 // scale, 256 // scale, 3)
+    np.testing.assert_array_equal(reduced, block_floor(pixels, scale))
+
+
+def test_grey_pixels_are_reduced_to_three_equal_channels() -> None:
+    grey = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    reduced = reduced_tile(pixel_tile(grey, 64), 2)
+    assert reduced.shape == (32, 32, 3)
+    expected = block_floor(grey[:, :, None], 2)[:, :, 0]
+    for c in range(3):
+        np.testing.assert_array_equal(reduced[:, :, c], expected)
+
+
+# ---- the sampler in a real read pass --------------------------------------------------------
+
+
+def test_sampler_on_a_slide_gives_its_mosaic_and_tissue_crops(synthetic_svs: Path) -> None:
+    source: SlideSource = open_slide(synthetic_svs)
+    batches: list[tuple[list[FocusCrop], U8]] = []
+    try:
+        level = source.levels[0]
+        g = Geometry.plan(level.width, level.height, 0.25)
+        sampler = AnalysisSampler(g, lambda c, p: batches.append((c, p)), batch_size=16)
+        stream_tiles(source, [sampler])
+    finally:
+        source.close()
+    assert sampler.tiles_seen == level.tile_count  # level 0 only, every tile once
+    image = sampler.mosaic.image()
+    assert image.shape == (*g.mosaic_shape, 3)
+    truth = block_mean_rounded(read_level(synthetic_svs, 0), g.mosaic_downsample)
+    assert psnr(image, truth) >= 30
+    crops = [c for cs, _ in batches for c in cs]
+    assert len(crops) == sampler.crops_scored > 0
+    assert all(len(cs) <= 16 and p.shape == (len(cs), 64, 64) for cs, p in batches)
+    assert all(p.dtype == np.uint8 for _, p in batches)
+    for crop in crops:
+        assert 0 <= crop.x < g.width and 0 <= crop.y < g.height
+        assert crop.size == 64 * g.decode_scale
+    # crops are taken where the mosaic shows tissue, not over bare glass
+    d = g.mosaic_downsample
+    centre_dark = [
+        image[
+            min((c.y + c.size // 2) // d, image.shape[0] - 1),
+            min((c.x + c.size // 2) // d, image.shape[1] - 1),
+        ].mean()
+        for c in crops
+    ]
+    assert float(np.median(centre_dark)) < 225
+
+
+def test_focus_grid_spreads_crops_and_averages_overlaps() -> None:
+    g = Geometry(1024, 1024, 0.25, 4, 16)
+    grid = FocusGrid(g)
+    grid.add(FocusCrop(0, 0, 256), 0.2)
+    grid.add(FocusCrop(128, 0, 256), 0.6)
+    p, scored = grid.probability(), grid.scored()
+    assert p.shape == g.mosaic_shape
+    # the first covers mosaic columns 0..15, the second 8..23
+    assert p[0, 0] == pytest.approx(0.2) and p[0, 20] == pytest.approx(0.6)
+    assert p[15, 8] == pytest.approx(0.4) and p[0, 15] == pytest.approx(0.4)
+    assert scored[:16, :24].all() and not scored[16:].any() and not scored[:, 24:].any()
+    assert len(grid.scores) == 2
+
+
+# ---- nets ------------------------------------------------------------------------------------
+
+
+def random_head(name: str, width: int, rng: np.random.Generator) -> nets.Head:
+    hidden = {"focus": [16], "artifact": [32, 32], "stain": [16]}[name]
+    outs = {"focus": 1, "artifact": len(nets.ARTIFACT_CLASSES), "stain": 3}[name]
+    sizes = [width, *hidden, outs]
+    weights = [
+        (rng.normal(0, 1, (o, i)) / math.sqrt(i)).astype(np.float32)
+        for i, o in itertools.pairwise(sizes)
+    ]
+    biases = [rng.normal(0, 0.5, o).astype(np.float32) for o in sizes[1:]]
+    return nets.Head(weights, biases)
+
+
+def mlp(features: npt.NDArray[np.float64], head: nets.Head) -> npt.NDArray[np.float64]:
+    """features (..., F) -> logits (..., out), ReLU between layers."""
+    x = features
+    for i, (w, b) in enumerate(zip(head.weights, head.biases, strict=True)):
+        x = x @ w.astype(np.float64).T + b
+        if i < len(head.weights) - 1:
+            x = np.maximum(x, 0)
+    return x
+
+
+@pytest.mark.parametrize("name", ["focus", "artifact", "stain"])
+def test_full_network_is_front_end_then_head(name: str) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.random((2, *nets.INPUT_SHAPES[name])).astype(np.float32)
+    feats = run_onnx(session(nets.front_end(name)), x).astype(np.float64)
+    width = feats.shape[1]
+    head = random_head(name, width, rng)
+    model = nets.full(name, head)
+    onnx.checker.check_model(model)
+    got = run_onnx(session(model), x)
+    if name == "artifact":
+        logits = mlp(feats.transpose(0, 2, 3, 1), head).transpose(0, 3, 1, 2)
+        expected = softmax(logits, axis=1)
+        assert got.shape == (2, len(nets.ARTIFACT_CLASSES), *nets.INPUT_SHAPES[name][1:])
+    elif name == "focus":
+        expected = 1 / (1 + np.exp(-mlp(feats, head)))
+        assert got.shape == (2, 1)
+    else:
+        expected = softmax(mlp(feats, head), axis=1)
+        assert got.shape == (2, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_artifact_front_end_any_size_matches_fixed_size() -> None:
+    x = np.random.default_rng(4).random((1, 3, 192, 192)).astype(np.float32)
+    fixed = run_onnx(session(nets.front_end("artifact")), x)
+    free = run_onnx(session(nets.front_end("artifact", any_size=True)), x)
+    np.testing.assert_allclose(free, fixed, atol=1e-6)
+
+
+CLASSES = {
+    "focus": nets.FOCUS_CLASSES,
+    "artifact": nets.ARTIFACT_CLASSES,
+    "stain": nets.STAIN_CLASSES,
+}
+
+
+@pytest.mark.parametrize("name", ["focus", "artifact", "stain"])
+def test_shipped_model_matches_nets_and_its_manifest(name: str) -> None:
+    manifest, path = shipped(name)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    (inp,) = model.graph.input
+    (out,) = model.graph.output
+    shape = dims(inp)
+    assert tuple(shape[1:]) == nets.INPUT_SHAPES[name]
+    assert tuple(manifest["input"]["shape"][1:]) == nets.INPUT_SHAPES[name]
+    assert inp.name == manifest["input"]["name"]
+    assert out.name == manifest["output"]["name"]
+    assert tuple(manifest["output"]["classes"]) == CLASSES[name]
+    out_shape = dims(out)
+    assert out_shape[1] == len(CLASSES[name])
+    if name == "artifact":
+        assert tuple(out_shape[2:]) == nets.INPUT_SHAPES[name][1:]
+    # and it runs: probabilities of the declared shape
+    x = np.random.default_rng(5).random((2, *nets.INPUT_SHAPES[name])).astype(np.float32)
+    probs = run_onnx(session(path), x)
+    assert probs.shape[:2] == (2, len(CLASSES[name]))
+    assert np.all((probs >= 0) & (probs <= 1))
+    if name != "focus":
+        np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+# ---- predict_dense ---------------------------------------------------------------------------
+
+Runner = Callable[[F32], F32]
+
+
+@pytest.fixture(scope="module")
+def artifact_runner() -> Runner:
+    _, path = shipped("artifact")
+    sess = session(path)
+    return lambda batch: run_onnx(sess, batch)
+
+
+class Counting:
+    """Wraps the real runner; records every window it was given."""
+
+    def __init__(self, run: Runner) -> None:
+        self.run = run
+        self.windows: list[F32] = []
+
+    def __call__(self, batch: F32) -> F32:
+        assert batch.dtype == np.float32 and batch.shape[1:] == (3, WINDOW, WINDOW)
+        assert batch.min() >= 0 and batch.max() <= 1
+        self.windows.extend(batch)
+        return self.run(batch)
+
+
+def glass(h: int, w: int) -> U8:
+    return np.tile(np.array(GLASS, np.uint8), (h, w, 1))
+
+
+def test_dense_on_clean_glass_runs_no_window(artifact_runner: Runner) -> None:
+    counting = Counting(artifact_runner)
+    out = predict_dense(counting, glass(300, 500), len(nets.ARTIFACT_CLASSES))
+    assert counting.windows == []
+    assert out.shape == (7, 300, 500)
+    assert (out[0] == 1).all() and (out[1:] == 0).all()
+
+
+def test_dense_runs_only_windows_touching_tissue(artifact_runner: Runner) -> None:
+    inner = WINDOW - 2 * MARGIN
+    mosaic = glass(3 * inner + 20, 4 * inner)
+    # a patch crossing the border between window rows 0/1 in column 2 only
+    y0, x0 = inner - 10, 2 * inner + 20
+    mosaic[y0 : y0 + 30, x0 : x0 + 40] = (180, 90, 150)
+    counting = Counting(artifact_runner)
+    out = predict_dense(counting, mosaic, len(nets.ARTIFACT_CLASSES))
+    assert len(counting.windows) == 2
+    ran = np.zeros(mosaic.shape[:2], bool)
+    ran[0 : 2 * inner, 2 * inner : 3 * inner] = True
+    assert (out[0][~ran] == 1).all() and (out[1:, ~ran] == 0).all()
+    np.testing.assert_allclose(out[:, ran].sum(axis=0), 1, atol=1e-5)
+    # the model saw the pixels around the patch with their context (window origin = cell
+    # origin - MARGIN): the patch sits at MARGIN + its offset in the cell
+    first = counting.windows[0]
+    assert first[0, MARGIN + y0, MARGIN + x0 - 2 * inner] == pytest.approx(180 / 255)
+    # the patch itself is not called glass
+    assert out[0, y0 + 15, x0 + 20] < 0.5
+
+
+def fully_convolutional(path: Path) -> ort.InferenceSession:
+    """The shipped artifact model with free height and width (its ops are all local)."""
+    model = onnx.load(path)
+    for value in (*model.graph.input, *model.graph.output):
+        shape = value.type.tensor_type.shape
+        shape.dim[2].dim_param = "height"
+        shape.dim[3].dim_param = "width"
+    return session(model)
+
+
+def test_dense_windows_leave_no_seams(artifact_runner: Runner) -> None:
+    """Window by window equals the whole mosaic at once wherever a window ran: every kept
+    pixel had its full context (the front end's widest pool is 63 px < 2 x MARGIN + 1)."""
+    _, path = shipped("artifact")
+    inner = WINDOW - 2 * MARGIN
+    mosaic = tissue(3 * inner + 37, 2 * inner + 51, seed=9)
+    counting = Counting(artifact_runner)
+    tiled = predict_dense(counting, mosaic, len(nets.ARTIFACT_CLASSES))
+    h, w = mosaic.shape[:2]
+    busy = tissue_like(mosaic)
+    ran = np.zeros((h, w), bool)
+    for y in range(0, h, inner):
+        for x in range(0, w, inner):
+            ran[y : y + inner, x : x + inner] = busy[y : y + inner, x : x + inner].any()
+    assert len(counting.windows) >= 4 and ran.mean() > 0.5
+    assert (tiled[0][~ran] == 1).all()
+    padded = np.pad(
+        mosaic, ((MARGIN, MARGIN + inner), (MARGIN, MARGIN + inner), (0, 0)), mode="edge"
+    )
+    batch = padded.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    whole = run_onnx(fully_convolutional(path), np.ascontiguousarray(batch))[0]
+    whole = whole[:, MARGIN : MARGIN + h, MARGIN : MARGIN + w]
+    np.testing.assert_allclose(tiled[:, ran], whole[:, ran], atol=2e-4)
+
+
+# ---- qc: hand-made probability maps ----------------------------------------------------------
+
+MPP = 4.0  # mosaic µm/px
+PIX_MM2 = (MPP / 1000) ** 2
+D = 16  # level-0 px per mosaic px
+SIDE = 300  # tissue is a 300 x 300 square: 1.44 mm2
+
+
+def maps(**overrides: F32) -> dict[str, F32]:
+    out = {kind: np.zeros((400, 400), np.float32) for kind in qc.QC_CLASSES}
+    out.update(overrides)
+    return out
+
+
+def square_tissue() -> npt.NDArray[np.bool_]:
+    t = np.zeros((400, 400), bool)
+    t[50 : 50 + SIDE, 50 : 50 + SIDE] = True
+    return t
+
+
+def judge(
+    probs: dict[str, F32], tissue_mask: npt.NDArray[np.bool_], stain: str = "H&E"
+) -> tuple[str, list[str], qc.Findings]:
+    th = qc.Thresholds()
+    found = qc.findings(probs, tissue_mask, D, MPP, th)
+    verdict, reasons = qc.verdict(found, th, stain, MPP)
+    return verdict, reasons, found
+
+
+def rect(y: int, x: int, h: int, w: int, value: float = 1.0) -> F32:
+    m = np.zeros((400, 400), np.float32)
+    m[y : y + h, x : x + w] = value
+    return m
+
+
+def test_pen_over_a_fifth_of_tissue_means_rescan() -> None:
+    verdict, reasons, found = judge(maps(pen=rect(50, 50, 60, SIDE)), square_tissue())
+    assert verdict == "rescan"
+    assert found.fractions["pen"] == pytest.approx(0.2, abs=0.005)
+    assert len(reasons) == 1
+    text = reasons[0]
+    assert "pen" in text and "20%" in text and "mm2" in text
+    region = found.regions["pen"][0]
+    assert region.area_mm2 == pytest.approx(60 * SIDE * PIX_MM2, rel=0.01)
+    assert f"x={region.x}" in text and f"y={region.y}" in text
+
+
+def test_little_blur_passes() -> None:
+    verdict, reasons, found = judge(maps(blur=rect(50, 50, 9, SIDE)), square_tissue())
+    assert found.fractions["blur"] == pytest.approx(0.03)
+    assert (verdict, reasons) == ("pass", [])
+
+
+def test_blur_near_its_threshold_asks_for_review() -> None:
+    verdict, reasons, found = judge(maps(blur=rect(50, 50, 21, SIDE)), square_tissue())
+    assert found.fractions["blur"] == pytest.approx(0.07)
+    assert verdict == "review"
+    assert len(reasons) == 1 and "7%" in reasons[0] and "out of focus" in reasons[0]
+    assert "rescan from 10%" in reasons[0]
+
+
+def test_blur_over_threshold_means_rescan() -> None:
+    verdict, reasons, _ = judge(maps(blur=rect(50, 50, 45, SIDE)), square_tissue())
+    assert verdict == "rescan" and "15%" in reasons[0]
+
+
+def test_blur_off_tissue_does_not_count() -> None:
+    # blur is only judged on tissue: a blurred stretch of glass is no finding
+    verdict, _, found = judge(maps(blur=rect(0, 0, 400, 50)), square_tissue())
+    assert found.fractions["blur"] == 0 and verdict == "pass"
+
+
+def test_no_tissue_means_review() -> None:
+    verdict, reasons, _ = judge(maps(pen=rect(0, 0, 100, 100)), np.zeros((400, 400), bool))
+    assert verdict == "review"
+    assert len(reasons) == 1 and "no tissue found" in reasons[0]
+
+
+def test_a_speck_of_tissue_is_no_tissue() -> None:
+    speck = np.zeros((400, 400), bool)
+    speck[10:20, 10:20] = True  # 0.0016 mm2, far below min_tissue_mm2
+    verdict, reasons, _ = judge(maps(), speck)
+    assert verdict == "review" and "no tissue found" in reasons[0]
+
+
+@pytest.mark.parametrize("stain", ["other", "unknown"])
+def test_unrecognised_stain_means_review(stain: str) -> None:
+    verdict, reasons, _ = judge(maps(), square_tissue(), stain)
+    assert verdict == "review"
+    assert any("stain" in r and stain in r for r in reasons)
+
+
+def test_rescan_reasons_come_before_review_reasons() -> None:
+    probs = maps(pen=rect(50, 50, 60, SIDE), blur=rect(200, 50, 21, SIDE))
+    verdict, reasons, _ = judge(probs, square_tissue(), "other")
+    assert verdict == "rescan"
+    assert reasons[0].startswith("clean the slide and rescan")
+    assert all(r.startswith("review") for r in reasons[1:]) and len(reasons) == 3
+
+
+def test_small_regions_are_removed() -> None:
+    pen = rect(60, 60, 15, 15) + rect(200, 200, 40, 40)  # 0.0036 mm2 and 0.0256 mm2
+    _, _, found = judge(maps(pen=pen), square_tissue())
+    assert len(found.regions["pen"]) == 1
+    assert not found.masks["pen"][60:75, 60:75].any()
+    assert found.masks["pen"][210:230, 210:230].all()
+
+
+def test_remove_small_keeps_exactly_the_big_enough_pieces() -> None:
+    m = np.zeros((50, 50), bool)
+    m[0:3, 0:3] = True  # 9 px
+    m[10:12, 10:15] = True  # 10 px
+    m[30:40, 30:40] = True  # 100 px
+    kept = qc.remove_small(m, 10)
+    assert not kept[0:3, 0:3].any()
+    assert kept[10:12, 10:15].all() and kept[30:40, 30:40].all()
+    assert int(kept.sum()) == 110
+    assert not qc.remove_small(np.zeros((5, 5), bool), 1).any()
+
+
+def test_regions_are_level0_and_largest_first() -> None:
+    m = np.zeros((100, 100), bool)
+    m[10:14, 20:30] = True  # 40 px
+    m[50:70, 60:70] = True  # 200 px
+    regions = qc.regions_of(m, "fold", D, PIX_MM2)
+    assert [r.area_mm2 for r in regions] == [round(200 * PIX_MM2, 3), round(40 * PIX_MM2, 3)]
+    big, small = regions
+    assert big.bbox == (60 * D, 50 * D, 10 * D, 20 * D)
+    assert small.bbox == (20 * D, 10 * D, 10 * D, 4 * D)
+    assert (big.x, big.y) == (65 * D, 60 * D)
+    assert big.kind == "fold"
+
+
+def test_summary_numbers() -> None:
+    _, _, found = judge(maps(pen=rect(50, 50, 60, SIDE)), square_tissue())
+    s = qc.summary(found)
+    assert set(s) == set(qc.QC_CLASSES)
+    assert s["pen"]["regions"] == 1 and len(s["pen"]["largest"]) == 1
+    assert 0.19 < s["pen"]["fraction_of_tissue"] < 0.21
+    assert s["fold"] == {"fraction_of_tissue": 0.0, "area_mm2": 0.0, "regions": 0, "largest": []}
+
+
+def test_tissue_mask_counts_pen_on_tissue_but_not_on_glass() -> None:
+    n = len(nets.ARTIFACT_CLASSES)
+    probs = np.zeros((n, 200, 300), np.float32)
+    probs[0] = 1.0  # glass everywhere ...
+    probs[:, 50:150, 50:150] = 0
+    probs[1, 50:150, 50:150] = 1.0  # ... but a tissue square
+    probs[:, 80:120, 80:120] = 0
+    probs[2, 80:120, 80:120] = 1.0  # pen inside the tissue
+    probs[:, 80:120, 200:260] = 0
+    probs[2, 80:120, 200:260] = 1.0  # pen on glass
+    t = qc.tissue_mask(probs, 1, 0, PIX_MM2, min_piece_mm2=0.01)
+    assert t[60:140, 60:140].all()  # the pen over tissue is tissue beneath
+    assert not t[:, 190:].any()
+    assert not t[:40].any()
+
+
+# ---- run helpers -----------------------------------------------------------------------------
+
+
+def test_tissue_patches_take_tissue_and_spread() -> None:
+    mosaic = np.zeros((128, 256, 3), np.uint8)
+    mosaic[..., 0] = np.arange(256)[None, :]  # red: the column, green: the row
+    mosaic[..., 1] = np.arange(128)[:, None]
+    t = np.zeros((128, 256), bool)
+    t[:, 64:] = True
+    patches = tissue_patches(mosaic, t, 32, 5)
+    assert patches.shape == (5, 32, 32, 3)
+    assert all(int(p[0, 0, 0]) >= 64 for p in patches)
+    origins = {(int(p[0, 0, 1]), int(p[0, 0, 0])) for p in patches}
+    assert len(origins) == 5
+    rows, cols = {r for r, _ in origins}, {c for _, c in origins}
+    assert max(rows) == 96 and max(cols) == 224  # spread over the slide, not the first five
+    assert tissue_patches(mosaic, np.zeros_like(t), 32, 5).shape == (0, 32, 32, 3)
+
+
+def test_priority_orders_rescan_review_pass() -> None:
+    _, _, found = judge(maps(pen=rect(50, 50, 60, SIDE)), square_tissue())
+    _, _, clean = judge(maps(), square_tissue())
+    assert priority("rescan", found) > priority("review", clean) > priority("pass", clean)
+    assert 0 <= priority("pass", clean) <= priority("rescan", found) <= 100
