@@ -69,13 +69,6 @@ def block_mean_rounded(image: U8, step: int) -> U8:
     return out
 
 
-def block_floor(image: U8, f: int) -> U8:
-    h, w = image.shape[0] // f, image.shape[1] // f
-    s = image[: h * f, : w * f].astype(np.int64).reshape(h, f, w, f, -1).sum(axis=(1, 3))
-    out: U8 = (s // (f * f)).astype(np.uint8)
-    return out
-
-
 def pixel_tile(pixels: U8, tile: int, index: int = 0) -> StreamTile:
     """A frame carrying decoded pixels only (a codec the writer re-encodes)."""
     level = Level(0, tile, tile, tile, tile, Codec.NONE, samples=1 if pixels.ndim == 2 else 3)
@@ -248,7 +241,7 @@ def test_dct_scaled_jpeg_decode_is_close_to_block_mean_of_full_decode() -> None:
             reduced = reduced_tile(tile, 4)
             full = source.decode(frame)
             assert reduced.shape == (60, 60, 3) and reduced.dtype == np.uint8
-            reference = block_floor(np.asarray(full), 4)
+            reference = block_mean_rounded(np.asarray(full), 4)
             assert psnr(reduced, reference) >= 30, f"tile {frame.index}"
             checked += 1
         assert checked == level.tiles_across
@@ -261,14 +254,14 @@ def test_pixels_only_frame_is_reduced_by_exact_block_mean(scale: int) -> None:
     pixels = np.random.default_rng(scale).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     reduced = reduced_tile(pixel_tile(pixels, 256), scale)
     assert reduced.shape == (256 // scale, 256 // scale, 3)
-    np.testing.assert_array_equal(reduced, block_floor(pixels, scale))
+    np.testing.assert_array_equal(reduced, block_mean_rounded(pixels, scale))
 
 
 def test_grey_pixels_are_reduced_to_three_equal_channels() -> None:
     grey = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
     reduced = reduced_tile(pixel_tile(grey, 64), 2)
     assert reduced.shape == (32, 32, 3)
-    expected = block_floor(grey[:, :, None], 2)[:, :, 0]
+    expected = block_mean_rounded(grey[:, :, None], 2)[:, :, 0]
     for c in range(3):
         np.testing.assert_array_equal(reduced[:, :, c], expected)
 

@@ -8,8 +8,10 @@ shipped models, the configured thresholds), scored against the kit's truth:
           crop): positive = >= 90% inside the blur truth mask, negative = outside it; crops
           partly blurred are left out (neither answer is wrong there).
   pen, fold, bubble (and debris, edge for information)
-          precision and recall over 256 x 256 level-0 tiles: truth positive = the class's
-          truth mask covers >= 50% of the tile, negative = 0%, partial tiles left out;
+          precision and recall over 256 x 256 level-0 tiles of tissue (truth tissue >= 50%
+          of the tile: QC judges tissue, and every verdict is a fraction of tissue): truth
+          positive = the class's truth mask covers >= 50% of the tile, negative = 0%,
+          partial tiles left out;
           predicted positive = the appliance's reported mask (after its smoothing and
           minimum region size) covers >= 50% of the tile.
   verdict sensitivity and specificity of verdict == "rescan" against the kit's own rescan
@@ -127,10 +129,11 @@ def score_slide(spec: SlideSpec, path: Path, scores: Scores, options: AnalysisOp
             scores.focus_p.append(p)
             scores.focus_y.append(inside >= 0.9)
     cell = TILE // d
+    on_tissue = tile_fractions(masks["tissue"], cell) >= 0.5
     for kind in TILE_KINDS:
         actual = tile_fractions(masks.get(kind, empty), cell)
         predicted = tile_fractions(result.findings.masks.get(kind, empty), cell) >= 0.5
-        keep = (actual >= 0.5) | (actual == 0)
+        keep = on_tissue & ((actual >= 0.5) | (actual == 0))
         scores.tiles[kind].add(predicted[keep], (actual >= 0.5)[keep])
     said = result.verdict == "rescan"
     scores.verdict.add(np.array([said]), np.array([truth.needs_rescan]))
@@ -266,3 +269,66 @@ def pace_commands(slide: Path, out: Path, edge: str) -> dict[str, list[str]]:
 
 def run_subprocess(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+
+def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[str, float]:
+    """Per-class probability cut-offs from validation kit slides (seeds apart from both
+    training and evaluation): for each class the cut with the best F1 over tiles among those
+    with precision >= 0.95 (else the best F1), using the appliance's own smoothing and
+    minimum region size. Written into the manifests' [thresholds] by tools/train_models.py."""
+    from edge.analysis import qc
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cuts = np.round(np.arange(0.3, 0.96, 0.05), 2)
+    kinds = ("pen", "fold", "bubble", "debris", "edge")
+    tallies = {k: [Tally() for _ in cuts] for k in (*kinds, "blur")}
+    thresholds = qc.Thresholds()
+    options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir)
+    for spec in eval_specs(n, seed_base):
+        path = workdir / f"val-{spec.seed}-{spec.width}x{spec.height}.svs"
+        if not path.exists():
+            write(make_model(spec), path, "svs", quality=90)
+        result = analyse_path(path, options)
+        assert result.geometry is not None and result.findings is not None, result.unavailable
+        d = result.geometry.mosaic_downsample
+        pixel_mm2 = (result.geometry.mosaic_mpp / 1000) ** 2
+        model = make_model(spec)
+        masks = model.masks(d)
+        empty = np.zeros_like(masks["tissue"])
+        cell = TILE // d
+        tissue = result.findings.tissue
+        on_tissue = tile_fractions(masks["tissue"], cell) >= 0.5
+        for kind in (*kinds, "blur"):
+            actual = tile_fractions(masks.get(kind, empty), cell)
+            keep = on_tissue & ((actual >= 0.5) | (actual == 0))
+            prob = result.maps[kind]
+            if kind != "blur":
+                from scipy import ndimage
+
+                prob = ndimage.uniform_filter(prob, thresholds.smoothing_px, mode="nearest")
+            for i, cut in enumerate(cuts):
+                mask = prob >= cut
+                if kind == "blur":
+                    mask &= tissue
+                mask = qc.remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
+                predicted = tile_fractions(mask, cell) >= 0.5
+                tallies[kind][i].add(predicted[keep], (actual >= 0.5)[keep])
+        print(f"calibration slide {spec.seed} done", file=sys.stderr, flush=True)
+    chosen: dict[str, float] = {}
+    for kind, row in tallies.items():
+
+        def f1(t: Tally) -> float:
+            return 2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1)
+
+        precise = [i for i, t in enumerate(row) if t.precision >= 0.95 and t.tp > 0]
+        pool = precise or list(range(len(row)))
+        best = max(pool, key=lambda i: (f1(row[i]), -i))
+        chosen[kind] = float(cuts[best])
+        table = " ".join(f"{c}:{t.precision:.2f}/{t.recall:.2f}" for c, t in zip(cuts, row))
+        print(f"{kind} (cut:precision/recall) {table}", file=sys.stderr)
+        t = row[best]
+        print(
+            f"{kind}: cut {cuts[best]} precision {t.precision:.3f} recall {t.recall:.3f}",
+            file=sys.stderr,
+        )
+    return chosen

@@ -4,6 +4,9 @@
     .venv/bin/python tools/train_models.py [--slides 48] [--seed-base 1000] [--jobs 2]
                                            [--cache /tmp/edge-train] [--out models]
 
+Then the per-class probability cut-offs are calibrated on 24 validation kit slides (seeds
+20000..20023, neither training nor evaluation) and written into the manifests.
+
 Reproducible: the kit slides are drawn from seeds seed-base .. seed-base + slides - 1 (their
 specs from a generator seeded by seed-base), every sampler and the heads' training are
 seeded, and the same command writes byte-identical models. Evaluation seeds (tools/bench qc)
@@ -178,12 +181,15 @@ def artifact_pixels(
     per_class: int = 3000,
     cap: int = 60000,
     floor: int = 20000,
+    pool_per_slide: int = 20000,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Per-pixel features (the front end run over each whole mosaic; it is fully
     convolutional) and labels, balanced: every class between `floor` (drawn with
     replacement) and `cap` samples, so rare artifacts weigh as much as glass."""
     g = np.random.default_rng(seed)
     xs: list[list[npt.NDArray[np.float32]]] = [[] for _ in nets.ARTIFACT_CLASSES]
+    pool_x: list[npt.NDArray[np.float32]] = []
+    pool_y: list[npt.NDArray[np.int64]] = []
     for s in samples:
         label = labels_from_masks({k[5:]: s[k] for k in s if k.startswith("mask_")})
         image = s["mosaic"].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
@@ -193,6 +199,13 @@ def artifact_pixels(
             if len(ys_):
                 pick = g.choice(len(ys_), size=min(per_class, len(ys_)), replace=False)
                 xs[cls].append(feats[:, ys_[pick], xs_[pick]].T)
+        # A wider, unbalanced draw of tissue and glass: where hard negatives are mined.
+        ys_, xs_ = np.nonzero(label <= 1)
+        pick = g.choice(len(ys_), size=min(pool_per_slide, len(ys_)), replace=False)
+        pool_x.append(feats[:, ys_[pick], xs_[pick]].T)
+        pool_y.append(label[ys_[pick], xs_[pick]])
+    global HARD_POOL
+    HARD_POOL = (np.concatenate(pool_x), np.concatenate(pool_y))
     out_x, out_y = [], []
     for cls, parts in enumerate(xs):
         if not parts:
@@ -232,6 +245,33 @@ def stain_patches(
     return run_front("stain", x), np.concatenate(ys).astype(np.int64)
 
 
+HARD_POOL: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
+
+
+def mlp_predict(head: nets.Head, x: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    for i, (w, b) in enumerate(zip(head.weights, head.biases, strict=True)):
+        x = x @ w.T + b
+        if i < len(head.weights) - 1:
+            x = np.maximum(x, 0)
+    out: npt.NDArray[np.int64] = x.argmax(axis=1)
+    return out
+
+
+def with_hard_negatives(
+    head: nets.Head, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int,
+    limit: int = 80000,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Tissue and glass pixels the first head calls an artifact (pale stroma taken for a
+    bubble's washed-out interior, ...), added to the training set for the second fit."""
+    assert HARD_POOL is not None
+    px, py = HARD_POOL
+    wrong = np.nonzero(mlp_predict(head, px) != py)[0]
+    g = np.random.default_rng(seed)
+    wrong = g.choice(wrong, size=min(limit, len(wrong)), replace=False)
+    print(f"artifact: {len(wrong)} hard negatives of {len(py)} pooled pixels", flush=True)
+    return np.concatenate([x, px[wrong]]), np.concatenate([y, py[wrong]])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,7 +281,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edge-train"))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models")
-    ap.add_argument("--only", default="focus,artifact,stain")
+    ap.add_argument("--only", default="focus,artifact,stain,calibrate")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     specs = kit_specs(args.slides, args.seed_base)
@@ -258,12 +298,24 @@ def main() -> int:
         x, y = artifact_pixels(samples, args.seed_base)
         print(f"artifact: {len(y)} pixels, per class {np.bincount(y).tolist()}", flush=True)
         head = standardised_mlp(x, y, (32, 32), args.seed_base)
+        x, y = with_hard_negatives(head, x, y, args.seed_base)
+        head = standardised_mlp(x, y, (32, 32), args.seed_base)
         write_model(args.out, "artifact", head, args)
     if "stain" in only:
         x, y = stain_patches(samples, args.seed_base)
         print(f"stain: {len(y)} patches, per class {np.bincount(y).tolist()}", flush=True)
         head = standardised_mlp(x, y, (16,), args.seed_base)
         write_model(args.out, "stain", head, args)
+    if "calibrate" in only:
+        from qc_bench import calibrate
+
+        cuts = calibrate(24, 20000, args.cache / "validation", args.out)
+        for name, classes in (("focus", ("blur",)), ("artifact", PRECEDENCE)):
+            manifest = args.out / name / "manifest.toml"
+            text = manifest.read_text(encoding="utf-8").split("[thresholds]")[0]
+            lines = "".join(f'"{k}" = {cuts[k]}\n' for k in classes)
+            manifest.write_text(f"{text}[thresholds]\n{lines}", encoding="utf-8")
+        print(f"calibrated cut-offs: {cuts}", flush=True)
     return 0
 
 

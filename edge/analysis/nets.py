@@ -10,7 +10,7 @@ of plain ONNX operators every backend supports (Conv, AveragePool, MaxPool, Log,
     artifact  (N, 3, 192, 192) RGB at ~4 µm/px -> (N, 7, 192, 192) class probabilities per
               pixel. Front end: optical density and its local means at 5 scales (up to 63 px,
               a quarter millimetre), local contrast at 3, chroma, darkest-in-neighbourhood,
-              ring contrasts (bubble rims); head: 1x1-conv MLP 27-32-32-7.
+              ring contrasts (bubble rims); head: 1x1-conv MLP 25-32-32-7.
     stain     (N, 3, 32, 32) RGB tissue patches from the mosaic -> (N, 3) probabilities of
               H&E, IHC (DAB), other. Front end: optical density statistics; head: MLP 12-16-3.
 

@@ -115,18 +115,19 @@ def tissue_mask(
     background_index: int,
     pixel_mm2: float,
     min_piece_mm2: float = 0.05,
+    stained: Mask | None = None,
 ) -> Mask:
-    """Tissue: where the artifact model does not see glass, with marks over tissue (pen,
-    edge shadow) counted as the tissue beneath when tissue surrounds them."""
-    not_glass = artifact_probs[background_index] < 0.5
-    # Pen or an edge's shadow on glass is not tissue; inside a piece it is (holes filled).
-    solid = not_glass & (artifact_probs[tissue_index] >= 0.25)
-    for kind_prob in artifact_probs[tissue_index + 1 :]:
-        solid |= (
-            not_glass
-            & (kind_prob >= 0.5)
-            & ndimage.binary_dilation(artifact_probs[tissue_index] >= 0.5, iterations=2)
-        )
+    """Tissue: what the artifact model calls tissue or fold, plus what lies under a bubble
+    or debris where the pixels still look stained (`stained`, a classical colour test: a
+    bubble washes tissue out but does not remove it), plus pen marks and edge shadows that
+    tissue surrounds (holes filled); pen or a shadow on glass is not tissue."""
+    names = ("background", "tissue", "pen", "fold", "bubble", "debris", "edge")
+    at = {name: artifact_probs[i] for i, name in enumerate(names) if i < len(artifact_probs)}
+    del background_index  # the class order is fixed by the model (nets.ARTIFACT_CLASSES)
+    solid = (at["tissue"] + at.get("fold", 0.0)) >= 0.5
+    if stained is not None:
+        covered = (at.get("bubble", 0.0) + at.get("debris", 0.0)) >= 0.5
+        solid |= covered & stained
     solid = ndimage.binary_opening(solid, iterations=1)
     solid = ndimage.binary_fill_holes(solid)
     return remove_small(solid, max(1, int(min_piece_mm2 / pixel_mm2)))
@@ -211,7 +212,10 @@ def verdict(
     rescan: list[str] = []
     review: list[str] = []
     if found.tissue_mm2 < thresholds.min_tissue_mm2:
-        return "review", [f"review: no tissue found ({found.tissue_mm2:.2f} mm2 detected)"]
+        return "review", [
+            f"review: no tissue found (pieces of at least {thresholds.min_tissue_mm2} mm2 "
+            f"looked for; {found.tissue_mm2:.2f} mm2 found)"
+        ]
     for kind, fraction in found.fractions.items():
         largest = found.regions[kind][0] if found.regions.get(kind) else None
         where = (

@@ -12,6 +12,7 @@ the conversion goes on: a slide is never lost because its QC could not run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from edge.analysis import nets, qc, registry
 from edge.analysis.backends.base import Session
 from edge.analysis.backends.select import DEFAULT_CACHE_DIR, open_session
 from edge.analysis.dense import predict_dense
-from edge.analysis.sampler import AnalysisSampler, FocusCrop, FocusGrid, Geometry
+from edge.analysis.sampler import AnalysisSampler, FocusCrop, FocusGrid, Geometry, tissue_like
 from edge.errors import EdgeError
 from edge.slide.source import SlideSource
 
@@ -105,6 +107,13 @@ class Analyser:
             except EdgeError as exc:
                 raise QcUnavailable(f"model {name}: {exc}") from None
             specs[name] = spec
+        # Per-class probability cut-offs come from the manifests (calibrated with the model)
+        # unless the options already set them.
+        cuts = {**specs["focus"].thresholds, **specs["artifact"].thresholds}
+        cuts.update(options.thresholds.probability)
+        options = dataclasses.replace(
+            options, thresholds=dataclasses.replace(options.thresholds, probability=cuts)
+        )
         analyser = cls(options, sessions, specs)
         analyser._open_site_models()
         return analyser
@@ -166,7 +175,10 @@ class Analyser:
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
-        tissue = qc.tissue_mask(art, idx["tissue"], idx["background"], pixel_mm2)
+        stained = ndimage.uniform_filter(tissue_like(mosaic, spread=10).astype(np.float32), 5)
+        tissue = qc.tissue_mask(
+            art, idx["tissue"], idx["background"], pixel_mm2, stained=stained >= 0.5
+        )
         maps = {"tissue": (1.0 - art[idx["background"]]).astype(np.float32)}
         maps["blur"] = np.where(self._focus.scored(), self._focus.probability(), 0).astype(
             np.float32

@@ -104,14 +104,16 @@ def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
     if f <= 1:
         return np.ascontiguousarray(pixels[:th, :tw, :3])
     block = pixels[: th * f, : tw * f, :3].reshape(th, f, tw, f, 3)
-    out: npt.NDArray[np.uint8] = block.mean(axis=(1, 3), dtype=np.float32).astype(np.uint8)
+    n = f * f
+    sums = block.sum(axis=(1, 3), dtype=np.uint32)
+    out: npt.NDArray[np.uint8] = ((sums + n // 2) // n).astype(np.uint8)  # rounded, as mosaics
     return out
 
 
-def tissue_like(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+def tissue_like(rgb: npt.NDArray[np.uint8], spread: int = TISSUE_SPREAD) -> npt.NDArray[np.bool_]:
     """Cheap per-pixel tissue guess (stained or dark), for gating and fallbacks."""
-    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
-    found: npt.NDArray[np.bool_] = (spread > TISSUE_SPREAD) | (rgb.mean(axis=2) < TISSUE_DARK)
+    chroma = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    found: npt.NDArray[np.bool_] = (chroma > spread) | (rgb.mean(axis=2) < TISSUE_DARK)
     return found
 
 
