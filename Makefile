@@ -24,7 +24,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	@mkdir -p $(dir $(SAMPLE))
 	@[ -f $(SAMPLE) ] || $(EDGE) synth -o $(SAMPLE) --size 8192x6144
-	$(EDGE) convert $(SAMPLE) -o $(OUT)
+	$(EDGE) convert $(SAMPLE) -o $(OUT) --analyse
 	@echo
 	@echo "DICOM WSI written to $(OUT)/$(notdir $(basename $(SAMPLE)))/ (one file per level, plus label/overview/thumbnail)."
 	@echo "Look at it:"

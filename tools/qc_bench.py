@@ -279,7 +279,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
     from edge.analysis import qc
 
     workdir.mkdir(parents=True, exist_ok=True)
-    cuts = np.round(np.arange(0.3, 0.96, 0.05), 2)
+    cuts = np.round(np.arange(0.1, 0.96, 0.05), 2)
     kinds = ("pen", "fold", "bubble", "debris", "edge")
     tallies = {k: [Tally() for _ in cuts] for k in (*kinds, "blur")}
     thresholds = qc.Thresholds()

@@ -61,11 +61,12 @@ class Thresholds:
     # Smaller regions of a class are noise, not findings (an air bubble is never a speck; a
     # piece of debris can be).
     min_region_mm2: dict[str, float] = field(
-        default_factory=lambda: {"bubble": 0.03, "fold": 0.01, "pen": 0.01, "debris": 0.0005}
+        default_factory=lambda: {"bubble": 0.02, "fold": 0.002, "pen": 0.002, "debris": 0.0005}
     )
-    default_min_region_mm2: float = 0.005
+    default_min_region_mm2: float = 0.002
     smoothing_px: int = 5  # artifact maps are averaged over this many mosaic px first
-    min_tissue_mm2: float = 0.5  # less tissue than this: "no tissue found"
+    min_tissue_mm2: float = 0.1  # less tissue than this: "no tissue found" (a small biopsy
+    # is about 0.5 mm2; a tenth of that left after dropping specks is not a section)
 
     @classmethod
     def from_config(cls, a: Any) -> Thresholds:
