@@ -455,7 +455,7 @@ def test_dense_runs_only_windows_touching_tissue(artifact_runner: Runner) -> Non
     ran = np.zeros(mosaic.shape[:2], bool)
     ran[0 : 2 * inner, 2 * inner : 3 * inner] = True
     assert (out[0][~ran] == 1).all() and (out[1:, ~ran] == 0).all()
-    np.testing.assert_allclose(out[:, ran].sum(axis=0), 1, atol=1e-5)
+    np.testing.assert_allclose(out[:, ran].sum(axis=0), 1, atol=3e-3)  # float16 storage
     # the model saw the pixels around the patch with their context (window origin = cell
     # origin - MARGIN): the patch sits at MARGIN + its offset in the cell
     first = counting.windows[0]
@@ -496,7 +496,7 @@ def test_dense_windows_leave_no_seams(artifact_runner: Runner) -> None:
     batch = padded.transpose(2, 0, 1)[None].astype(np.float32) / 255
     whole = run_onnx(fully_convolutional(path), np.ascontiguousarray(batch))[0]
     whole = whole[:, MARGIN : MARGIN + h, MARGIN : MARGIN + w]
-    np.testing.assert_allclose(tiled[:, ran], whole[:, ran], atol=2e-4)
+    np.testing.assert_allclose(tiled[:, ran], whole[:, ran], atol=1e-3)  # float16 storage
 
 
 # ---- qc: hand-made probability maps ----------------------------------------------------------
@@ -600,7 +600,7 @@ def test_rescan_reasons_come_before_review_reasons() -> None:
 
 
 def test_small_regions_are_removed() -> None:
-    pen = rect(60, 60, 15, 15) + rect(200, 200, 40, 40)  # 0.0036 mm2 and 0.0256 mm2
+    pen = rect(60, 60, 8, 8) + rect(200, 200, 40, 40)  # 0.001 mm2 and 0.0256 mm2
     _, _, found = judge(maps(pen=pen), square_tissue())
     assert len(found.regions["pen"]) == 1
     assert not found.masks["pen"][60:75, 60:75].any()

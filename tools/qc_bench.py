@@ -305,7 +305,9 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
             if kind != "blur":
                 from scipy import ndimage
 
-                prob = ndimage.uniform_filter(prob, thresholds.smoothing_px, mode="nearest")
+                prob = ndimage.uniform_filter(
+                    prob.astype(np.float32), thresholds.smoothing_px, mode="nearest"
+                )
             for i, cut in enumerate(cuts):
                 mask = prob >= cut
                 if kind == "blur":

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 Mask = npt.NDArray[np.bool_]
-Prob = npt.NDArray[np.float32]
+Prob = npt.NDArray[np.floating[Any]]
 
 QC_CLASSES = ("blur", "pen", "fold", "bubble", "debris", "edge")
 _NAMES = {
@@ -192,7 +192,9 @@ def findings(
         if kind == "blur":
             mask = (prob >= thresholds.cut(kind)) & tissue
         else:
-            smooth = ndimage.uniform_filter(prob, thresholds.smoothing_px, mode="nearest")
+            smooth = ndimage.uniform_filter(
+                prob.astype(np.float32), thresholds.smoothing_px, mode="nearest"
+            )
             mask = smooth >= thresholds.cut(kind)
         mask = remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
         masks[kind] = mask

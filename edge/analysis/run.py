@@ -55,7 +55,7 @@ class AnalysisResult:
     verdict: str = "review"
     reasons: list[str] = field(default_factory=list)
     geometry: Geometry | None = None
-    maps: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # 0..1 per class
+    maps: dict[str, npt.NDArray[np.floating[Any]]] = field(default_factory=dict)  # 0..1 each
     findings: qc.Findings | None = None
     stain: str = "unknown"
     stain_scores: dict[str, float] = field(default_factory=dict)
@@ -179,7 +179,9 @@ class Analyser:
         tissue = qc.tissue_mask(
             art, idx["tissue"], idx["background"], pixel_mm2, stained=stained >= 0.5
         )
-        maps = {"tissue": (1.0 - art[idx["background"]]).astype(np.float32)}
+        maps: dict[str, npt.NDArray[np.floating[Any]]] = {
+            "tissue": (1.0 - art[idx["background"]]).astype(np.float16)
+        }
         maps["blur"] = np.where(self._focus.scored(), self._focus.probability(), 0).astype(
             np.float32
         )

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 from PIL import Image
 
 from edge.slide.model import Codec, Level
@@ -80,6 +84,8 @@ class FocusCrop:
 
 
 Crop = npt.NDArray[np.uint8]  # (FOCUS_TILE, FOCUS_TILE) grey
+_Block = tuple[int, int, npt.NDArray[np.uint32], npt.NDArray[np.uint32]]
+_Reduced = tuple["_Block | None", list[tuple[FocusCrop, Crop]]]
 
 
 def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
@@ -88,6 +94,14 @@ def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
     th, tw = level.tile_height // scale, level.tile_width // scale
     data = tile.frame.data
     if level.codec is Codec.JPEG and data is not None and level.samples == 3:
+        try:  # libjpeg-turbo's scaled decode with the GIL released; Pillow when it refuses
+            fast: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(
+                data, min_height=th, min_width=tw, min_factor=scale
+            )
+            if fast.shape[0] == th and fast.shape[1] == tw:
+                return fast
+        except ValueError:
+            pass
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (tw, th))
         array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
@@ -128,21 +142,37 @@ class MosaicAccumulator:
         self._count = np.zeros((h, w), np.uint32)
 
     def add(self, x0: int, y0: int, reduced: npt.NDArray[np.uint8]) -> None:
+        block = self.block(x0, y0, reduced)
+        if block is not None:
+            self.put(block)
+
+    def block(self, x0: int, y0: int, reduced: npt.NDArray[np.uint8]) -> _Block | None:
+        """The tile's contribution (pure: safe on a worker thread); None if off the slide."""
         g = self.geometry
         step = g.mosaic_downsample // g.decode_scale  # reduced px per mosaic px
         rx, ry = x0 // g.decode_scale, y0 // g.decode_scale  # reduced-grid origin
         h = min(reduced.shape[0], math.ceil(g.height / g.decode_scale) - ry)
         w = min(reduced.shape[1], math.ceil(g.width / g.decode_scale) - rx)
         if h <= 0 or w <= 0:
-            return
+            return None
         part = reduced[:h, :w]
+        if rx % step == 0 and ry % step == 0 and h % step == 0 and w % step == 0:
+            # The usual case (tile sides a multiple of the cell): a reshape, no index lists.
+            sums = part.reshape(h // step, step, w // step, step, 3).sum(
+                axis=(1, 3), dtype=np.uint32
+            )
+            counts = np.full(sums.shape[:2], step * step, np.uint32)
+            return ry // step, rx // step, sums, counts
         rows = _cuts(ry, h, step)
         cols = _cuts(rx, w, step)
         sums = np.add.reduceat(np.add.reduceat(part.astype(np.uint32), rows, 0), cols, 1)
         counts = np.outer(np.diff([*rows, h]), np.diff([*cols, w])).astype(np.uint32)
-        my, mx = (ry + rows[0]) // step, (rx + cols[0]) // step
-        self._sum[my : my + len(rows), mx : mx + len(cols)] += sums
-        self._count[my : my + len(rows), mx : mx + len(cols)] += counts
+        return (ry + rows[0]) // step, (rx + cols[0]) // step, sums, counts
+
+    def put(self, block: _Block) -> None:
+        my, mx, sums, counts = block
+        self._sum[my : my + sums.shape[0], mx : mx + sums.shape[1]] += sums
+        self._count[my : my + sums.shape[0], mx : mx + sums.shape[1]] += counts
 
     def image(self, fill: int = 255) -> npt.NDArray[np.uint8]:
         """The mosaic (uncovered pixels: `fill`, i.e. glass)."""
@@ -198,6 +228,7 @@ class AnalysisSampler:
         geometry: Geometry,
         on_batch: Callable[[list[FocusCrop], npt.NDArray[np.uint8]], None],
         batch_size: int = 64,
+        workers: int | None = None,
     ) -> None:
         self.geometry = geometry
         self.mosaic = MosaicAccumulator(geometry)
@@ -208,52 +239,84 @@ class AnalysisSampler:
         self._active = False
         self.tiles_seen = 0
         self.crops_scored = 0
+        # Decoding releases the GIL: tiles are reduced on worker threads while the read
+        # loop goes on; results are applied in order, at most _ahead tiles behind.
+        self._workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[_Reduced]] = deque()
+        self._ahead = 4 * max(self._workers, 1)
 
     def start_level(self, level: Level) -> None:
         self._active = level.index == 0
+        if self._active and self._workers > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="edge-analysis")
 
     def end_level(self, level: Level) -> None:
         if self._active:
+            while self._pending:
+                self._apply(self._pending.popleft().result())
             self.flush()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
         self._active = False
 
     def consume(self, tile: StreamTile) -> None:
         frame = tile.frame
         if not self._active or frame.plane != 0:
             return
-        level = frame.level
-        scale = self.geometry.decode_scale
-        x0, y0 = frame.col * level.tile_width, frame.row * level.tile_height
-        reduced = reduced_tile(tile, scale)
-        self.tiles_seen += 1
-        self.mosaic.add(x0, y0, reduced)
-        self._take_crops(x0, y0, reduced)
+        if self._pool is None:
+            self._apply(self._reduce(tile))
+            return
+        self._pending.append(self._pool.submit(self._reduce, tile))
+        while len(self._pending) > self._ahead or (self._pending and self._pending[0].done()):
+            self._apply(self._pending.popleft().result())
 
-    def _take_crops(self, x0: int, y0: int, reduced: npt.NDArray[np.uint8]) -> None:
+    def _reduce(self, tile: StreamTile) -> _Reduced:
+        """Worker side: decode, reduce, cut the focus crops (no shared state touched)."""
+        level, frame = tile.frame.level, tile.frame
+        x0, y0 = frame.col * level.tile_width, frame.row * level.tile_height
+        reduced = reduced_tile(tile, self.geometry.decode_scale)
+        return self.mosaic.block(x0, y0, reduced), self._crops_of(x0, y0, reduced)
+
+    def _apply(self, work: _Reduced) -> None:
+        block, crops = work
+        self.tiles_seen += 1
+        if block is not None:
+            self.mosaic.put(block)
+        for crop, grey in crops:
+            self._crops.append(crop)
+            self._pixels.append(grey)
+            if len(self._crops) >= self._batch_size:
+                self.flush()
+
+    def _crops_of(
+        self, x0: int, y0: int, reduced: npt.NDArray[np.uint8]
+    ) -> list[tuple[FocusCrop, Crop]]:
         g = self.geometry
-        h = min(reduced.shape[0], (g.height - y0) // g.decode_scale)
-        w = min(reduced.shape[1], (g.width - x0) // g.decode_scale)
+        s = g.decode_scale
+        h = min(reduced.shape[0], (g.height - y0) // s)
+        w = min(reduced.shape[1], (g.width - x0) // s)
         if h < FOCUS_TILE // 2 or w < FOCUS_TILE // 2:
-            return  # a sliver at the slide's edge: too little to judge focus
+            return []  # a sliver at the slide's edge: too little to judge focus
         n = FOCUS_TILE
+        # Every 4th pixel each way is plenty to tell tissue from glass, 16x cheaper.
+        coarse = tissue_like(reduced[:h:4, :w:4])
+        out = []
         for cy in range(0, max(h - n // 2, 1), n):
             for cx in range(0, max(w - n // 2, 1), n):
-                rgb = reduced[cy : cy + n, cx : cx + n]
-                # Every 4th pixel each way is plenty to tell tissue from glass, 16x cheaper.
-                if tissue_like(rgb[::4, ::4]).mean() < FOCUS_MIN_TISSUE:
+                if (
+                    coarse[cy // 4 : (cy + n) // 4, cx // 4 : (cx + n) // 4].mean()
+                    < FOCUS_MIN_TISSUE
+                ):
                     continue
-                grey = _grey(rgb)
+                grey = _grey(reduced[cy : min(cy + n, h), cx : min(cx + n, w)])
                 if grey.shape != (n, n):  # 240 px tiles give 60 px crops: mirror to 64
                     grey = np.pad(
                         grey, ((0, n - grey.shape[0]), (0, n - grey.shape[1])), mode="reflect"
                     )
-                size = n * g.decode_scale
-                self._crops.append(
-                    FocusCrop(x0 + cx * g.decode_scale, y0 + cy * g.decode_scale, size)
-                )
-                self._pixels.append(grey)
-                if len(self._crops) >= self._batch_size:
-                    self.flush()
+                out.append((FocusCrop(x0 + cx * s, y0 + cy * s, n * s), grey))
+        return out
 
     def flush(self) -> None:
         if not self._crops:
