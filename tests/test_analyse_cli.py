@@ -375,3 +375,23 @@ def test_real_he_slide(tmp_path: Path) -> None:
     assert report["classes"]["tissue"]["fraction_of_slide"] > 0.2
     assert report["mpp"] == pytest.approx(0.499)
     assert report["verdict"] in ("pass", "rescan", "review")
+
+
+@pytest.mark.slow
+def test_config_thresholds_change_the_verdict(
+    kit: Path, pen_run: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path
+) -> None:
+    """The site's [analysis] thresholds are the verdict's: with pen tolerated up to the whole
+    tissue, the same slide is no longer sent back for pen."""
+    found = report_of(pen_run[1])["classes"]["pen"]["fraction_of_tissue"]
+    config = tmp_path / "edge.toml"
+    config.write_text("[analysis]\npen_rescan = 1.0\nreview_share = 1.0\n")
+    done = analyse(kit / "pen.svs", tmp_path / "out", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    report = report_of(tmp_path / "out")
+    assert not any("pen" in r for r in report["reasons"]), report["reasons"]
+    assert report["classes"]["pen"]["fraction_of_tissue"] == found  # same findings, other rule
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[analysis]\npen_rescan = 5\n")
+    done = analyse(kit / "pen.svs", tmp_path / "out2", "--config", str(bad))
+    assert done.returncode == 2 and "pen_rescan must be a fraction" in done.stderr

@@ -366,7 +366,7 @@ def test_full_network_is_front_end_then_head(name: str) -> None:
 
 
 def test_artifact_front_end_any_size_matches_fixed_size() -> None:
-    x = np.random.default_rng(4).random((1, 3, 192, 192)).astype(np.float32)
+    x = np.random.default_rng(4).random((1, *nets.INPUT_SHAPES["artifact"])).astype(np.float32)
     fixed = run_onnx(session(nets.front_end("artifact")), x)
     free = run_onnx(session(nets.front_end("artifact", any_size=True)), x)
     np.testing.assert_allclose(free, fixed, atol=1e-6)

@@ -65,3 +65,30 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("[storage\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_analysis_section_defaults_and_overrides() -> None:
+    from edge.analysis.qc import Thresholds
+
+    default = parse({}).analysis
+    assert (default.backend, default.blur_rescan, default.pen_rescan) == ("auto", 0.10, 0.05)
+    custom = parse({"analysis": {"backend": "ort-cpu", "blur_rescan": 0.2, "pen_rescan": 1}})
+    assert custom.analysis.backend == "ort-cpu"
+    thresholds = Thresholds.from_config(custom.analysis)
+    assert thresholds.rescan["blur"] == 0.2 and thresholds.rescan["pen"] == 1.0
+    assert thresholds.rescan["fold"] == 0.05 and thresholds.rescan["debris"] is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"blur_threshold": 0.1}, r"\[analysis\]: unknown setting\(s\) \['blur_threshold'\]"),
+        ({"blur_rescan": 0}, r"blur_rescan must be a fraction above 0 and at most 1"),
+        ({"review_share": 1.5}, r"review_share must be a fraction"),
+        ({"pen_rescan": "5%"}, r"pen_rescan must be a number, found '5%'"),
+        ({"threads": -1}, r"threads must be 0"),
+    ],
+)
+def test_analysis_section_mistakes_are_explained(table: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse({"analysis": table}, "edge.toml")

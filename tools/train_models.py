@@ -4,8 +4,8 @@
     .venv/bin/python tools/train_models.py [--slides 48] [--seed-base 1000] [--jobs 2]
                                            [--cache /tmp/edge-train] [--out models]
 
-Then the per-class probability cut-offs are calibrated on 24 validation kit slides (seeds
-20000..20023, neither training nor evaluation) and written into the manifests.
+Then the per-class probability cut-offs are calibrated on 48 validation kit slides (seeds
+20000..20047, neither training nor evaluation) and written into the manifests.
 
 Reproducible: the kit slides are drawn from seeds seed-base .. seed-base + slides - 1 (their
 specs from a generator seeded by seed-base), every sampler and the heads' training are
@@ -309,7 +309,7 @@ def main() -> int:
     if "calibrate" in only:
         from qc_bench import calibrate
 
-        cuts = calibrate(24, 20000, args.cache / "validation", args.out)
+        cuts = calibrate(48, 20000, args.cache / "validation", args.out)
         for name, classes in (("focus", ("blur",)), ("artifact", PRECEDENCE)):
             manifest = args.out / name / "manifest.toml"
             text = manifest.read_text(encoding="utf-8").split("[thresholds]")[0]
@@ -338,7 +338,7 @@ MODEL_INFO = {
         "kind": "dense",
         "thresholds": {k: 0.5 for k in ("pen", "fold", "bubble", "debris", "edge")},
         "max_batch": 16,
-        "description": "per-pixel class probabilities of a 192 px window at ~4 um/px",
+        "description": "per-pixel class probabilities of a 256 px window at ~4 um/px",
     },
     "stain": {
         "version": "1.0.0",

@@ -1,6 +1,6 @@
 """Run the per-pixel artifact model over a whole mosaic in overlapping windows.
 
-The model sees fixed 192 x 192 windows (what TensorRT engines are built for); each window
+The model sees fixed 256 x 256 windows (what TensorRT engines are built for); each window
 contributes only its centre, MARGIN px in from every side, so every kept pixel had its full
 context and there are no seams. Windows with nothing but clean glass are not run: glass is
 background, and skipping it is most of the work on a typical slide.
@@ -18,7 +18,7 @@ from edge.analysis.sampler import tissue_like
 
 WINDOW = INPUT_SHAPES["artifact"][1]
 MARGIN = ARTIFACT_MARGIN
-BATCH = 8  # windows per run: bigger batches only grow the runtime's buffers
+BATCH = 4  # windows per run: bigger batches only grow the runtime's buffers
 
 Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 

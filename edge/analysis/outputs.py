@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,18 @@ def write_outputs(result: AnalysisResult, outdir: Path, slide: str) -> dict[str,
     if result.available and result.geometry is not None and result.findings is not None:
         heat = outdir / "heatmaps"
         heat.mkdir(exist_ok=True)
-        for kind in CLASSES:
+
+        def heatmap(kind: str) -> None:
             prob = result.maps[kind]
-            png = imagecodecs.png_encode((np.clip(prob, 0, 1) * 255 + 0.5).astype(np.uint8))
-            _atomic(heat / f"{kind}.png", bytes(png))
-        if result.mosaic is not None:
-            _atomic(heat / "slide.png", bytes(imagecodecs.png_encode(result.mosaic)))
+            grey = (np.clip(prob, 0, 1) * 255 + 0.5).astype(np.uint8)
+            _atomic(heat / f"{kind}.png", bytes(imagecodecs.png_encode(grey, level=1)))
+
+        # The encoders release the GIL: one thread per core.
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            list(pool.map(heatmap, CLASSES))
+        if result.mosaic is not None:  # the mosaic, for overlays: a photo, so JPEG
+            jpeg = imagecodecs.jpeg8_encode(result.mosaic, level=90)
+            _atomic(heat / "slide.jpg", bytes(jpeg))
         features = []
         d = result.geometry.mosaic_downsample
         for kind, mask in result.findings.masks.items():
