@@ -10,8 +10,7 @@ of plain ONNX operators every backend supports (Conv, AveragePool, MaxPool, Log,
     artifact  (N, 3, 256, 256) RGB at ~4 µm/px -> (N, 7, 256, 256) class probabilities per
               pixel. Front end: optical density and its local means at 5 scales (up to 63 px,
               a quarter millimetre), local contrast at 3, chroma, darkest-in-neighbourhood,
-              ring contrasts (bubble rims), log-ratios of density, chroma and contrast to the
-              surroundings; head: 1x1-conv MLP 30-32-32-7.
+              ring contrasts (bubble rims); head: 1x1-conv MLP 25-32-32-7.
     stain     (N, 3, 32, 32) RGB tissue patches from the mosaic -> (N, 3) probabilities of
               H&E, IHC (DAB), other. Front end: optical density statistics; head: MLP 12-16-3.
 
@@ -147,7 +146,7 @@ def _od(g: _Graph, x: str) -> str:
 
 
 def _artifact_front(g: _Graph, x: str) -> str:
-    """(N,3,H,W) -> (N,30,H,W) per-pixel features."""
+    """(N,3,H,W) -> (N,25,H,W) per-pixel features."""
     od = _od(g, x)
     means = [g.mean_pool(od, k) for k in (1, 5, 15, 31, 63)]  # 15 channels
     grey = g.op("ReduceMean", [x], axes=[1], keepdims=1)
@@ -173,17 +172,7 @@ def _artifact_front(g: _Graph, x: str) -> str:
     wide_rim = g.op("Sub", [g31, g63])
     var31 = g.op("Sub", [g.mean_pool(sq, 31), g.op("Mul", [g31, g31])])
     std31 = g.op("Sqrt", [g.op("Relu", [var31])])
-    # Ratios to the surroundings (a quarter millimetre): a fold is tissue darker than its
-    # neighbours, a bubble's interior paler and flatter; ratios hold across stain strengths.
-    def log_ratio(a: str, b: str, eps: float) -> str:
-        e = g.const(eps)
-        return g.op("Log", [g.op("Div", [g.op("Add", [a, e]), g.op("Add", [b, e])])])
-
-    od_rel = log_ratio(means[1], means[4], 0.02)
-    chroma_rel = log_ratio(chroma9, g.mean_pool(chroma, 63), 0.02)
-    contrast_rel = log_ratio(std5, std31, 0.01)
     feats = [*means, std5, std15, std31, chroma, chroma9, dark_max, rim, wide_rim, grey, g15]
-    feats += [od_rel, chroma_rel, contrast_rel]
     return g.op("Concat", feats, axis=1)
 
 
