@@ -22,6 +22,7 @@ from scipy import ndimage
 Mask = npt.NDArray[np.bool_]
 Prob = npt.NDArray[np.floating[Any]]
 
+MARK_CONTEXT = 127  # mosaic px (~0.5 mm): wider than most pen strokes
 QC_CLASSES = ("blur", "pen", "fold", "bubble", "debris", "edge")
 _NAMES = {
     "blur": "out of focus",
@@ -120,8 +121,8 @@ def tissue_mask(
 ) -> Mask:
     """Tissue: what the artifact model calls tissue or fold, plus what lies under a bubble
     or debris where the pixels still look stained (`stained`, a classical colour test: a
-    bubble washes tissue out but does not remove it), plus pen marks and edge shadows that
-    tissue surrounds (holes filled); pen or a shadow on glass is not tissue."""
+    bubble washes tissue out but does not remove it), plus pen marks and edge shadows where
+    tissue surrounds them; pen or a shadow on glass is not tissue."""
     names = ("background", "tissue", "pen", "fold", "bubble", "debris", "edge")
     at = {name: artifact_probs[i] for i, name in enumerate(names) if i < len(artifact_probs)}
     del background_index  # the class order is fixed by the model (nets.ARTIFACT_CLASSES)
@@ -129,6 +130,15 @@ def tissue_mask(
     if stained is not None:
         covered = (at.get("bubble", 0.0) + at.get("debris", 0.0)) >= 0.5
         solid |= covered & stained
+    # A pen stroke or an edge's shadow hides what is under it: call it tissue where what
+    # surrounds it (within MARK_CONTEXT px, the marks themselves left out) is mostly tissue,
+    # so a stroke across a section counts and a stroke on the glass beside it does not.
+    marks = at.get("pen", np.zeros(1)) >= 0.5
+    if marks.any():
+        seen = (~marks).astype(np.float32)
+        near = ndimage.uniform_filter((solid & ~marks).astype(np.float32), MARK_CONTEXT)
+        share = near / np.maximum(ndimage.uniform_filter(seen, MARK_CONTEXT), 1e-3)
+        solid |= marks & (share >= 0.5)
     solid = ndimage.binary_opening(solid, iterations=1)
     solid = ndimage.binary_fill_holes(solid)
     return remove_small(solid, max(1, int(min_piece_mm2 / pixel_mm2)))

@@ -171,6 +171,7 @@ class Analyser:
         pass_seconds = time.monotonic() - self._started
         t = time.monotonic()
         mosaic = sampler.mosaic.image()
+        sampler.mosaic.release()
         art = predict_dense(self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES))
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}

@@ -182,6 +182,11 @@ class MosaicAccumulator:
         image: npt.NDArray[np.uint8] = out.astype(np.uint8)
         return image
 
+    def release(self) -> None:
+        """Free the sums once the image is taken (about 100 MB for a 40k slide)."""
+        self._sum = np.zeros((0, 0, 3), np.uint32)
+        self._count = np.zeros((0, 0), np.uint32)
+
     def covered(self) -> npt.NDArray[np.bool_]:
         return self._count > 0
 
