@@ -326,7 +326,8 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
         pool = precise or list(range(len(row)))
         best = max(pool, key=lambda i: (f1(row[i]), -i))
         chosen[kind] = float(cuts[best])
-        table = " ".join(f"{c}:{t.precision:.2f}/{t.recall:.2f}" for c, t in zip(cuts, row))
+        pairs = zip(cuts, row, strict=True)
+        table = " ".join(f"{c}:{t.precision:.2f}/{t.recall:.2f}" for c, t in pairs)
         print(f"{kind} (cut:precision/recall) {table}", file=sys.stderr)
         t = row[best]
         print(

@@ -258,7 +258,10 @@ def mlp_predict(head: nets.Head, x: npt.NDArray[np.float32]) -> npt.NDArray[np.i
 
 
 def with_hard_negatives(
-    head: nets.Head, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], seed: int,
+    head: nets.Head,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    seed: int,
     limit: int = 80000,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Tissue and glass pixels the first head calls an artifact (pale stroma taken for a

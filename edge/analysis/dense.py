@@ -24,7 +24,11 @@ Runner = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
 def predict_dense(
-    run: Runner, mosaic: npt.NDArray[np.uint8], classes: int, background: int = 0
+    run: Runner,
+    mosaic: npt.NDArray[np.uint8],
+    classes: int,
+    background: int = 0,
+    busy: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.float16]:
     """(classes, h, w) probabilities for an (h, w, 3) mosaic, as float16 (half the memory;
     a probability needs no more than three digits)."""
@@ -35,7 +39,8 @@ def predict_dense(
     )
     out = np.zeros((classes, h, w), np.float16)
     out[background] = 1.0
-    busy = tissue_like(mosaic)
+    if busy is None:  # where anything but clean glass is (the caller may have it already)
+        busy = tissue_like(mosaic)
     spots: list[tuple[int, int]] = []
     for y in range(0, h, inner):
         for x in range(0, w, inner):

@@ -145,6 +145,8 @@ def tissue_mask(
 
 
 def remove_small(mask: Mask, min_pixels: int) -> Mask:
+    if not mask.any():  # most classes on most slides: skip the labelling
+        return mask
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask

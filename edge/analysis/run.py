@@ -172,11 +172,14 @@ class Analyser:
         t = time.monotonic()
         mosaic = sampler.mosaic.image()
         sampler.mosaic.release()
-        art = predict_dense(self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES))
+        faint = tissue_like(mosaic, spread=10)  # anything stained at all (a superset)
+        art = predict_dense(
+            self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES), busy=faint
+        )
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
-        stained = ndimage.uniform_filter(tissue_like(mosaic, spread=10).astype(np.float32), 5)
+        stained = ndimage.uniform_filter(faint.astype(np.float32), 5)
         tissue = qc.tissue_mask(
             art, idx["tissue"], idx["background"], pixel_mm2, stained=stained >= 0.5
         )
@@ -261,7 +264,7 @@ class Analyser:
 
 def _site_input(spec: Any, mosaic_mpp: float) -> int:
     """Mosaic px per site-model px (the model must see at least the mosaic's pixel size)."""
-    factor = int(round(spec.mpp / mosaic_mpp))
+    factor: int = round(float(spec.mpp) / mosaic_mpp)
     if factor < 1 or abs(spec.mpp / mosaic_mpp - factor) > 0.25:
         raise QcUnavailable(
             f"site model {spec.name}: trained at {spec.mpp} µm/px, the mosaic is "
