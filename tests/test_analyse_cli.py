@@ -395,3 +395,21 @@ def test_config_thresholds_change_the_verdict(
     bad.write_text("[analysis]\npen_rescan = 5\n")
     done = analyse(kit / "pen.svs", tmp_path / "out2", "--config", str(bad))
     assert done.returncode == 2 and "pen_rescan must be a fraction" in done.stderr
+
+
+@pytest.mark.slow
+def test_procedural_texture_sample_is_tissue(tmp_path: Path) -> None:
+    """A fresh appliance has no real scans to borrow texture from: `make run`'s sample slide
+    is procedural texture, and QC must still see its tissue (it once found none)."""
+    from edge.synth.model import make_model
+    from edge.synth.writers import write
+
+    spec = SlideSpec(8192, 6144, seed=0)
+    slide = write(make_model(spec, procedural=True), tmp_path / "sample.svs", "svs")
+    done = analyse(slide, tmp_path / "qc")
+    assert done.returncode == 0, done.stderr
+    report = report_of(tmp_path / "qc")
+    truth = make_model(spec, procedural=True).truth()
+    found = report["classes"]["tissue"]["fraction_of_slide"]
+    assert abs(found - truth.tissue_fraction) < 0.25 * truth.tissue_fraction, (found, truth)
+    assert not any("no tissue" in r for r in report["reasons"]), report["reasons"]

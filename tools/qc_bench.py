@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_models import kit_specs
 
 from edge.analysis.api import analyse_path
+from edge.analysis.kit import kit_model, procedural_texture
 from edge.analysis.run import AnalysisOptions
-from edge.synth.model import make_model
 from edge.synth.protocol import SlideSpec
 from edge.synth.writers import write
 
@@ -97,13 +97,17 @@ def eval_specs(n: int, seed_base: int) -> list[SlideSpec]:
     ]
 
 
+def _texture(spec: SlideSpec) -> str:
+    return "-proc" if procedural_texture(spec) else ""
+
+
 def tile_fractions(mask: npt.NDArray[np.bool_], cell: int) -> npt.NDArray[np.float64]:
     h, w = mask.shape[0] // cell, mask.shape[1] // cell
     return mask[: h * cell, : w * cell].reshape(h, cell, w, cell).mean(axis=(1, 3))
 
 
 def score_slide(spec: SlideSpec, path: Path, scores: Scores, options: AnalysisOptions) -> None:
-    model = make_model(spec)
+    model = kit_model(spec)
     truth = model.truth()
     started = time.monotonic()
     result = analyse_path(path, options)
@@ -143,6 +147,7 @@ def score_slide(spec: SlideSpec, path: Path, scores: Scores, options: AnalysisOp
             "size": f"{spec.width}x{spec.height}",
             "mpp": spec.mpp,
             "stain": spec.stain,
+            "texture": "procedural" if procedural_texture(spec) else "real",
             "artifacts": list(spec.artifacts),
             "truth": "rescan" if truth.needs_rescan else "no rescan",
             "truth_reasons": list(truth.reasons),
@@ -177,9 +182,9 @@ def run_qc(n: int, seed_base: int, workdir: Path, options: AnalysisOptions) -> S
     workdir.mkdir(parents=True, exist_ok=True)
     scores = Scores()
     for spec in eval_specs(n, seed_base):
-        path = workdir / f"eval-{spec.seed}-{spec.width}x{spec.height}.svs"
+        path = workdir / f"eval-{spec.seed}-{spec.width}x{spec.height}{_texture(spec)}.svs"
         if not path.exists():
-            write(make_model(spec), path, "svs", quality=90)
+            write(kit_model(spec), path, "svs", quality=90)
         score_slide(spec, path, scores, options)
         last = scores.slides[-1]
         print(
@@ -285,14 +290,14 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
     thresholds = qc.Thresholds()
     options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir)
     for spec in eval_specs(n, seed_base):
-        path = workdir / f"val-{spec.seed}-{spec.width}x{spec.height}.svs"
+        path = workdir / f"val-{spec.seed}-{spec.width}x{spec.height}{_texture(spec)}.svs"
         if not path.exists():
-            write(make_model(spec), path, "svs", quality=90)
+            write(kit_model(spec), path, "svs", quality=90)
         result = analyse_path(path, options)
         assert result.geometry is not None and result.findings is not None, result.unavailable
         d = result.geometry.mosaic_downsample
         pixel_mm2 = (result.geometry.mosaic_mpp / 1000) ** 2
-        model = make_model(spec)
+        model = kit_model(spec)
         masks = model.masks(d)
         empty = np.zeros_like(masks["tissue"])
         cell = TILE // d

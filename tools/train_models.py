@@ -35,7 +35,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.analysis import nets
-from edge.analysis.kit import sample_kit_slide
+from edge.analysis.kit import procedural_texture, sample_kit_slide
 from edge.analysis.registry import sha256_file
 from edge.synth.protocol import SlideSpec
 
@@ -76,7 +76,7 @@ def _key(spec: SlideSpec) -> str:
 
 
 def cached_sample(spec: SlideSpec, cache: Path) -> Path:
-    path = cache / f"{spec.seed}-{_key(spec)}.npz"
+    path = cache / f"{spec.seed}-{_key(spec)}{'-proc' if procedural_texture(spec) else ''}.npz"
     if path.exists():
         return path
     s = sample_kit_slide(spec, cache)

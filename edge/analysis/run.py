@@ -254,6 +254,8 @@ class Analyser:
     ) -> tuple[str, dict[str, float]]:
         """Stain from up to STAIN_PATCHES tissue-filled 32 px patches of the mosaic."""
         patches = tissue_patches(mosaic, tissue, 32, STAIN_PATCHES)
+        if not len(patches):  # thin or scattered tissue: accept patches that are mostly tissue
+            patches = tissue_patches(mosaic, tissue, 32, STAIN_PATCHES, share=0.6)
         if not len(patches):
             return "unknown", {}
         batch = patches.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
@@ -274,14 +276,18 @@ def _site_input(spec: Any, mosaic_mpp: float) -> int:
 
 
 def tissue_patches(
-    mosaic: npt.NDArray[np.uint8], tissue: npt.NDArray[np.bool_], size: int, limit: int
+    mosaic: npt.NDArray[np.uint8],
+    tissue: npt.NDArray[np.bool_],
+    size: int,
+    limit: int,
+    share: float = 0.9,
 ) -> npt.NDArray[np.uint8]:
-    """Up to `limit` size x size patches that are at least 90% tissue, spread over the slide."""
+    """Up to `limit` size x size patches at least `share` tissue, spread over the slide."""
     h, w = tissue.shape
     found = []
     for y in range(0, h - size + 1, size):
         for x in range(0, w - size + 1, size):
-            if tissue[y : y + size, x : x + size].mean() >= 0.9:
+            if tissue[y : y + size, x : x + size].mean() >= share:
                 found.append(mosaic[y : y + size, x : x + size])
     if len(found) > limit:
         pick = np.linspace(0, len(found) - 1, limit).round().astype(int)

@@ -254,10 +254,14 @@ class SyntheticSlide:
         return img.astype(np.uint8)
 
 
-def make_model(spec: SlideSpec, texture_dir: Path | None = None) -> SyntheticSlide:
+def make_model(
+    spec: SlideSpec, texture_dir: Path | None = None, procedural: bool = False
+) -> SyntheticSlide:
     """A slide model for `spec`. texture_dir: the real-file kit (None: look in the usual
-    places, else procedural texture); an explicit directory must exist and hold texture."""
+    places, else procedural texture); an explicit directory must exist and hold texture.
+    procedural: procedural texture even where real texture is found (training variety)."""
     _check(spec)
-    patches = load_patches(resolve_texture_dir(texture_dir), spec.stain)
+    directory = None if procedural else resolve_texture_dir(texture_dir)
+    patches = load_patches(directory, spec.stain)
     layout = make_layout(spec.seed, spec.width, spec.height)
     return SyntheticSlide(spec, patches, layout, plan_artifacts(spec, layout))
