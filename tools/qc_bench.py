@@ -97,8 +97,13 @@ def eval_specs(n: int, seed_base: int) -> list[SlideSpec]:
     ]
 
 
-def _texture(spec: SlideSpec) -> str:
-    return "-proc" if procedural_texture(spec) else ""
+def kit_svs(spec: SlideSpec, workdir: Path, stem: str) -> Path:
+    """The kit slide as SVS in workdir, written once and reused by later runs."""
+    texture = "-proc" if procedural_texture(spec) else ""
+    path = workdir / f"{stem}-{spec.seed}-{spec.width}x{spec.height}{texture}.svs"
+    if not path.exists():
+        write(kit_model(spec), path, "svs", quality=90)
+    return path
 
 
 def tile_fractions(mask: npt.NDArray[np.bool_], cell: int) -> npt.NDArray[np.float64]:
@@ -182,9 +187,7 @@ def run_qc(n: int, seed_base: int, workdir: Path, options: AnalysisOptions) -> S
     workdir.mkdir(parents=True, exist_ok=True)
     scores = Scores()
     for spec in eval_specs(n, seed_base):
-        path = workdir / f"eval-{spec.seed}-{spec.width}x{spec.height}{_texture(spec)}.svs"
-        if not path.exists():
-            write(kit_model(spec), path, "svs", quality=90)
+        path = kit_svs(spec, workdir, "eval")
         score_slide(spec, path, scores, options)
         last = scores.slides[-1]
         print(
@@ -290,9 +293,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
     thresholds = qc.Thresholds()
     options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir)
     for spec in eval_specs(n, seed_base):
-        path = workdir / f"val-{spec.seed}-{spec.width}x{spec.height}{_texture(spec)}.svs"
-        if not path.exists():
-            write(kit_model(spec), path, "svs", quality=90)
+        path = kit_svs(spec, workdir, "val")
         result = analyse_path(path, options)
         assert result.geometry is not None and result.findings is not None, result.unavailable
         d = result.geometry.mosaic_downsample
