@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_models import kit_specs
 
 from edge.analysis.api import analyse_path
-from edge.analysis.kit import kit_model, procedural_texture
+from edge.analysis.kit import crop_coverage, kit_model, procedural_texture
 from edge.analysis.run import AnalysisOptions
 from edge.synth.protocol import SlideSpec
 from edge.synth.writers import write
@@ -126,17 +126,13 @@ def score_slide(spec: SlideSpec, path: Path, scores: Scores, options: AnalysisOp
     fine = result.geometry.decode_scale * 16
     fine_masks = model.masks(fine)
     blur_truth = fine_masks.get("blur", np.zeros_like(fine_masks["tissue"]))
-    for crop, p in result.focus_scores:
-        box = (
-            slice(crop.y // fine, (crop.y + crop.size) // fine),
-            slice(crop.x // fine, (crop.x + crop.size) // fine),
-        )
-        if fine_masks["tissue"][box].mean() < 0.5:
-            continue
-        inside = float(blur_truth[box].mean())
-        if inside >= 0.9 or inside == 0.0:
+    crops = [crop for crop, _ in result.focus_scores]
+    on_tissue = crop_coverage(fine_masks["tissue"], fine, crops) >= 0.5
+    inside = crop_coverage(blur_truth, fine, crops)
+    for (_, p), tissue, blurred in zip(result.focus_scores, on_tissue, inside, strict=True):
+        if tissue and (blurred >= 0.9 or blurred == 0.0):
             scores.focus_p.append(p)
-            scores.focus_y.append(inside >= 0.9)
+            scores.focus_y.append(bool(blurred >= 0.9))
     cell = TILE // d
     on_tissue = tile_fractions(masks["tissue"], cell) >= 0.5
     for kind in TILE_KINDS:
@@ -307,18 +303,9 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
         for kind in (*kinds, "blur"):
             actual = tile_fractions(masks.get(kind, empty), cell)
             keep = on_tissue & ((actual >= 0.5) | (actual == 0))
-            prob = result.maps[kind]
-            if kind != "blur":
-                from scipy import ndimage
-
-                prob = ndimage.uniform_filter(
-                    prob.astype(np.float32), thresholds.smoothing_px, mode="nearest"
-                )
+            smooth = qc.smoothed(kind, result.maps[kind], thresholds)
             for i, cut in enumerate(cuts):
-                mask = prob >= cut
-                if kind == "blur":
-                    mask &= tissue
-                mask = qc.remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
+                mask = qc.class_mask(kind, smooth, tissue, float(cut), thresholds, pixel_mm2)
                 predicted = tile_fractions(mask, cell) >= 0.5
                 tallies[kind][i].add(predicted[keep], (actual >= 0.5)[keep])
         print(f"calibration slide {spec.seed} done", file=sys.stderr, flush=True)

@@ -155,8 +155,6 @@ def standardised_mlp(
     biases = [b.astype(np.float32) for b in clf.intercepts_]
     biases[0] = (biases[0] - weights[0] @ (mu / sd)).astype(np.float32)
     weights[0] = (weights[0] / sd[None, :]).astype(np.float32)
-    if weights[-1].shape[0] == 1 and len(clf.classes_) == 2:
-        pass  # binary: sklearn's single logit is P(class 1) already
     return nets.Head(weights, biases)
 
 

@@ -26,8 +26,6 @@ Conventions (chosen once, used everywhere):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
+from edge.fileio import write_atomic
 
 Point = tuple[int, int]
 Ring = list[Point]
@@ -260,13 +260,4 @@ def write_feature_collection(path: Path, features: list[dict[str, Any]]) -> None
     """Write a FeatureCollection via a temporary name in the same folder and os.replace, so a
     reader (QuPath, the dashboard) never sees a half-written file."""
     data = json.dumps({"type": "FeatureCollection", "features": features}).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)

@@ -36,7 +36,7 @@ class KitSample:
     crop_tissue: npt.NDArray[np.float32]  # fraction of each crop that is tissue (truth)
 
 
-def _coverage(
+def crop_coverage(
     mask: npt.NDArray[np.bool_], d: int, crops: list[FocusCrop]
 ) -> npt.NDArray[np.float32]:
     out = np.zeros(len(crops), np.float32)
@@ -88,6 +88,6 @@ def sample_kit_slide(spec: SlideSpec, workdir: Path | None = None, quality: int 
         masks=masks,
         crops=crops,
         crop_pixels=np.concatenate(pixels) if pixels else np.zeros((0, 64, 64), np.uint8),
-        crop_blur=_coverage(blur, fine, crops),
-        crop_tissue=_coverage(fine_masks["tissue"], fine, crops),
+        crop_blur=crop_coverage(blur, fine, crops),
+        crop_tissue=crop_coverage(fine_masks["tissue"], fine, crops),
     )

@@ -25,14 +25,9 @@ import numpy as np
 
 from edge.analysis import geojson, qc
 from edge.analysis.run import AnalysisResult
+from edge.fileio import write_atomic
 
 CLASSES = ("tissue", *qc.QC_CLASSES)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def report_dict(result: AnalysisResult, slide: str) -> dict[str, Any]:
@@ -92,19 +87,19 @@ def write_outputs(result: AnalysisResult, outdir: Path, slide: str) -> dict[str,
         def heatmap(kind: str) -> None:
             prob = result.maps[kind]
             grey = (np.clip(prob, 0, 1) * 255 + 0.5).astype(np.uint8)
-            _atomic(heat / f"{kind}.png", bytes(imagecodecs.png_encode(grey, level=1)))
+            write_atomic(heat / f"{kind}.png", bytes(imagecodecs.png_encode(grey, level=1)))
 
         # The encoders release the GIL: one thread per core.
         with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
             list(pool.map(heatmap, CLASSES))
         if result.mosaic is not None:  # the mosaic, for overlays: a photo, so JPEG
             jpeg = imagecodecs.jpeg8_encode(result.mosaic, level=90)
-            _atomic(heat / "slide.jpg", bytes(jpeg))
+            write_atomic(heat / "slide.jpg", bytes(jpeg))
         features = []
         d = result.geometry.mosaic_downsample
         for kind, mask in result.findings.masks.items():
             areas = [r.area_mm2 for r in result.findings.regions.get(kind, [])]
             features += geojson.features(kind, mask, d, {"area_mm2_total": round(sum(areas), 3)})
         geojson.write_feature_collection(outdir / "regions.geojson", features)
-    _atomic(outdir / "report.json", json.dumps(doc, indent=2).encode())
+    write_atomic(outdir / "report.json", json.dumps(doc, indent=2).encode())
     return doc

@@ -185,6 +185,27 @@ def regions_of(mask: Mask, kind: str, downsample: int, pixel_mm2: float) -> list
     return sorted(found, key=lambda r: -r.area_mm2)
 
 
+def smoothed(kind: str, prob: Prob, thresholds: Thresholds) -> Prob:
+    """An artifact map averaged over thresholds.smoothing_px (blur, already per crop, as is)."""
+    if kind == "blur":
+        return prob
+    out: Prob = ndimage.uniform_filter(
+        prob.astype(np.float32), thresholds.smoothing_px, mode="nearest"
+    )
+    return out
+
+
+def class_mask(
+    kind: str, smooth: Prob, tissue: Mask, cut: float, thresholds: Thresholds, pixel_mm2: float
+) -> Mask:
+    """Where a class is reported: smoothed probability >= cut (blur only on tissue), regions
+    under the class's minimum area dropped."""
+    mask = smooth >= cut
+    if kind == "blur":
+        mask &= tissue
+    return remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
+
+
 def findings(
     probs: dict[str, Prob],
     tissue: Mask,
@@ -201,14 +222,8 @@ def findings(
         prob = probs.get(kind)
         if prob is None:
             continue
-        if kind == "blur":
-            mask = (prob >= thresholds.cut(kind)) & tissue
-        else:
-            smooth = ndimage.uniform_filter(
-                prob.astype(np.float32), thresholds.smoothing_px, mode="nearest"
-            )
-            mask = smooth >= thresholds.cut(kind)
-        mask = remove_small(mask, max(1, int(thresholds.min_region(kind) / pixel_mm2)))
+        smooth = smoothed(kind, prob, thresholds)
+        mask = class_mask(kind, smooth, tissue, thresholds.cut(kind), thresholds, pixel_mm2)
         masks[kind] = mask
         fractions[kind] = float((mask & tissue).sum()) / n_tissue if n_tissue else 0.0
         regions[kind] = regions_of(mask, kind, downsample, pixel_mm2)

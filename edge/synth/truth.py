@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import imagecodecs
 import numpy as np
 
+from edge.fileio import write_atomic
 from edge.synth.protocol import ARTIFACT_KINDS, Truth
 from edge.synth.texture import TEXTURE_MPP
 
@@ -152,12 +152,6 @@ def truth_dict(truth: Truth) -> dict[str, Any]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_truth(
     model: SyntheticSlide, json_path: Path, mask_dir: Path, downsample: int
 ) -> dict[str, Any]:
@@ -170,7 +164,7 @@ def write_truth(
     files = {}
     for name, mask in masks.items():
         path = mask_dir / f"{name}.png"
-        _write_atomic(path, bytes(imagecodecs.png_encode(mask.astype(np.uint8) * np.uint8(255))))
+        write_atomic(path, bytes(imagecodecs.png_encode(mask.astype(np.uint8) * np.uint8(255))))
         try:
             files[name] = str(path.resolve().relative_to(json_path.parent.resolve()))
         except ValueError:
@@ -178,5 +172,5 @@ def write_truth(
     doc = truth_dict(model.truth())
     height, width = masks["tissue"].shape
     doc["masks"] = {"downsample": downsample, "width": width, "height": height, "files": files}
-    _write_atomic(json_path, json.dumps(doc, indent=2).encode())
+    write_atomic(json_path, json.dumps(doc, indent=2).encode())
     return doc

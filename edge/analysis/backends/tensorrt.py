@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 from edge.analysis.backends.base import Array, BackendUnavailable, optional, run_chunked
 from edge.analysis.backends.device import Gpu, cuda_info
 from edge.analysis.registry import ModelError, ModelSpec
+from edge.fileio import write_atomic
 
 LOGGER = logging.getLogger(__name__)
 WORKSPACE_BYTES = 1 << 30
@@ -98,7 +97,7 @@ class TensorRTBackend:
                 plan = path.read_bytes()
             else:
                 plan = build_engine(trt, logger, spec, fp16)
-                _write_atomic(path, plan)
+                write_atomic(path, plan)
                 LOGGER.info("built TensorRT engine %s for %s", path, spec.name)
             engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
             if engine is None:
@@ -141,14 +140,6 @@ def build_engine(trt: ModuleType, logger: Any, spec: ModelSpec, fp16: bool) -> b
     if plan is None:
         raise ModelError(f"{spec.path}: TensorRT could not build an engine (see its log above)")
     return bytes(plan)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
 
 
 class TensorRTSession:
