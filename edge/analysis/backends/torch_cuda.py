@@ -6,6 +6,7 @@ output matches ONNX Runtime on the CPU to float rounding and the same thresholds
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -69,5 +70,33 @@ class TorchCudaBackend:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True  # fixed H, W: let cuDNN pick the fastest kernels
-        module = onnx2torch.convert(model).eval().to("cuda")
+        _register_missing_converters(torch, onnx2torch)
+        try:
+            module = onnx2torch.convert(model).eval().to("cuda")
+        except (NotImplementedError, ValueError, RuntimeError) as exc:
+            # an operator onnx2torch cannot convert: the next backend gets the model
+            raise BackendUnavailable(f"torch-cuda: cannot convert {spec.name}: {exc}") from exc
         return TorchSession(spec, torch, module)
+
+
+def _register_missing_converters(torch: Any, onnx2torch: Any) -> None:
+    """GlobalMaxPool (the focus model's band-energy peak) is absent from onnx2torch 1.5;
+    registered here once, the same max over H and W the ONNX operator defines."""
+    registry = importlib.import_module("onnx2torch.node_converters.registry")
+    common = importlib.import_module("onnx2torch.utils.common")
+
+    description = registry.OperationDescription(
+        domain="", operation_type="GlobalMaxPool", version=1
+    )
+    if description in registry._CONVERTER_REGISTRY:
+        return
+
+    class GlobalMaxPool(torch.nn.Module):  # type: ignore[misc]
+        def forward(self, x: Any) -> Any:
+            return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
+
+    @registry.add_converter(operation_type="GlobalMaxPool", version=1)  # type: ignore[untyped-decorator]
+    def _convert(node: Any, graph: Any) -> Any:
+        return common.OperationConverterResult(
+            torch_module=GlobalMaxPool(), onnx_mapping=common.onnx_mapping_from_node(node=node)
+        )
