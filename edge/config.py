@@ -1,7 +1,8 @@
 """Appliance configuration: one TOML file, frozen dataclasses, every setting documented.
 
-Only what forwarding needs is here so far (storage and destinations); ingest, web and the rest
-arrive with the daemon. Mistakes are reported with the file, the key and what was expected.
+Each setting is a dataclass field with a default and a trailing comment that documents it;
+tools/config_reference.py turns those comments into docs/config.md (a test keeps the two in
+step). Mistakes are reported with the file, the key and what was expected.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from edge.errors import EdgeError
 
 DEFAULT_PATH = Path("/etc/edge/edge.toml")
 KINDS = ("cstore", "stowrs", "folder")
+FORMATS = ("jpeg", "jpeg2000", "htj2k", "jpegxl")  # as edge.dicom.encode.FORMATS
 
 
 class ConfigError(EdgeError):
@@ -60,13 +62,64 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Ingest:
+    """Where slides come from (`[ingest]`)."""
+
+    watch: tuple[str, ...] = ()  # scanner output folders to watch (local or mounted)
+    settle_s: float = 10.0  # a slide is finished once its size and mtime stay still this long
+    poll_s: float = 2.0  # how often the folders are scanned (shares send no inotify events)
+    extensions: tuple[str, ...] = (".svs", ".ndpi", ".tif", ".tiff", ".dcm")  # slide files
+    ready_marker: str = ""  # if set (e.g. ".done"), a slide waits until SLIDE + marker exists
+    sidecar: bool = True  # take patient/order data from SLIDE.json beside the slide if present
+    quarantine_dir: str = ""  # move unreadable slides here (default: leave them in place)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Local data (`[storage]`); state_dir itself is Config.state_dir."""
+
+    slides_dir: str = ""  # converted slides (default: <state_dir>/slides)
+    retention_days: float = 7.0  # delete converted files this long after every destination has them
+    high_water: float = 0.90  # pause ingest when the disk holding the slides is this full
+    low_water: float = 0.85  # resume ingest once it is back below this
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Conversion (`[pipeline]`)."""
+
+    slides_in_flight: int = 1  # slides converted at once (each uses ~1 GB at most)
+    analyse: bool = True  # run QC and triage in the conversion pass
+    format: str = "jpeg"  # codec for levels that must be encoded: jpeg, jpeg2000, htj2k, jpegxl
+    quality: int = 95  # quality of those levels (1-100)
+    max_attempts: int = 3  # a slide that fails this many times (not unreadable: crashes) is parked
+
+
+@dataclass(frozen=True)
+class Web:
+    """The dashboard and API (`[web]`)."""
+
+    listen: str = "127.0.0.1:8080"  # address:port; localhost only unless set otherwise
+
+
+@dataclass(frozen=True)
 class Config:
-    state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: outbox database, work files
+    state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: state database, work files
     batch_size: int = 20  # [forward] batch_size: instances per association / request
     retry_base_s: float = 5.0  # [forward] retry_base_s: first retry delay
     retry_ceiling_s: float = 3600.0  # [forward] retry_ceiling_s: longest retry delay
-    destinations: tuple[Destination, ...] = field(default_factory=tuple)
+    destinations: tuple[Destination, ...] = field(default_factory=tuple)  # [[destination]]
     analysis: Analysis = field(default_factory=Analysis)  # [analysis]
+    ingest: Ingest = field(default_factory=Ingest)  # [ingest]
+    storage: Storage = field(default_factory=Storage)  # [storage]
+    pipeline: Pipeline = field(default_factory=Pipeline)  # [pipeline]
+    web: Web = field(default_factory=Web)  # [web]
+
+    @property
+    def slides_dir(self) -> Path:
+        return (
+            Path(self.storage.slides_dir) if self.storage.slides_dir else self.state_dir / "slides"
+        )
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -99,7 +152,7 @@ def load(path: Path) -> Config:
 
 
 def parse(data: dict[str, Any], source: str = "config") -> Config:
-    known = {"storage", "forward", "destination", "analysis"}
+    known = {"storage", "forward", "destination", "analysis", "ingest", "pipeline", "web"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(known)}")
@@ -153,9 +206,14 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{where} ({name}): called_aet must be 1..16 characters")
         dests.append(dest)
     analysis = _analysis(data.get("analysis", {}), f"{source}: [analysis]")
+    storage_where = f"{source}: [storage]"
     return Config(
         analysis=analysis,
-        state_dir=Path(_typed(f"{source}: [storage]", storage, "state_dir", str, "/var/lib/edge")),
+        ingest=_ingest(data.get("ingest", {}), f"{source}: [ingest]"),
+        storage=_storage({k: v for k, v in storage.items() if k != "state_dir"}, storage_where),
+        pipeline=_pipeline(data.get("pipeline", {}), f"{source}: [pipeline]"),
+        web=_web(data.get("web", {}), f"{source}: [web]"),
+        state_dir=Path(_typed(storage_where, storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
         retry_ceiling_s=_typed(f"{source}: [forward]", forward, "retry_ceiling_s", float, 3600.0),
@@ -174,16 +232,68 @@ _FRACTIONS = (
 )
 
 
-def _analysis(table: dict[str, Any], where: str) -> Analysis:
-    fields = set(Analysis.__dataclass_fields__)
+def _section(cls: type[Any], table: dict[str, Any], where: str) -> dict[str, Any]:
+    """The settings of one [section] typed like cls's defaults; unknown keys are mistakes."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table of settings, found {table!r}")
+    fields = set(cls.__dataclass_fields__)
     extra = sorted(set(table) - fields)
     if extra:
         raise ConfigError(f"{where}: unknown setting(s) {extra}; expected some of {sorted(fields)}")
-    defaults = Analysis()
+    defaults = cls()
     values: dict[str, Any] = {}
     for name in fields:
         default = getattr(defaults, name)
-        values[name] = _typed(where, table, name, type(default), default)
+        if isinstance(default, tuple):
+            value = table.get(name, list(default))
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {name} must be a list of text, found {value!r}")
+            values[name] = tuple(value)
+        else:
+            values[name] = _typed(where, table, name, type(default), default)
+    return values
+
+
+def _ingest(table: dict[str, Any], where: str) -> Ingest:
+    values = _section(Ingest, table, where)
+    if values["settle_s"] < 0 or values["poll_s"] <= 0:
+        raise ConfigError(f"{where}: settle_s must be >= 0 and poll_s > 0")
+    values["extensions"] = tuple(
+        e.lower() if e.startswith(".") else f".{e.lower()}" for e in values["extensions"]
+    )
+    return Ingest(**values)
+
+
+def _storage(table: dict[str, Any], where: str) -> Storage:
+    values = _section(Storage, table, where)
+    if not 0.0 < values["low_water"] < values["high_water"] <= 1.0:
+        raise ConfigError(f"{where}: need 0 < low_water < high_water <= 1 (fractions of the disk)")
+    if values["retention_days"] < 0:
+        raise ConfigError(f"{where}: retention_days must be 0 or more")
+    return Storage(**values)
+
+
+def _pipeline(table: dict[str, Any], where: str) -> Pipeline:
+    values = _section(Pipeline, table, where)
+    if values["slides_in_flight"] < 1 or values["max_attempts"] < 1:
+        raise ConfigError(f"{where}: slides_in_flight and max_attempts must be at least 1")
+    if values["format"] not in FORMATS:
+        raise ConfigError(f"{where}: format {values['format']!r}; expected one of {FORMATS}")
+    if not 1 <= values["quality"] <= 100:
+        raise ConfigError(f"{where}: quality must be 1..100")
+    return Pipeline(**values)
+
+
+def _web(table: dict[str, Any], where: str) -> Web:
+    values = _section(Web, table, where)
+    host, _, port = values["listen"].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: listen must be ADDRESS:PORT, found {values['listen']!r}")
+    return Web(**values)
+
+
+def _analysis(table: dict[str, Any], where: str) -> Analysis:
+    values = _section(Analysis, table, where)
     for name in _FRACTIONS:
         if not 0.0 < values[name] <= 1.0:
             raise ConfigError(f"{where}: {name} must be a fraction above 0 and at most 1")

@@ -92,3 +92,57 @@ def test_analysis_section_defaults_and_overrides() -> None:
 def test_analysis_section_mistakes_are_explained(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse({"analysis": table}, "edge.toml")
+
+
+def test_every_setting_is_documented_and_the_reference_is_current() -> None:
+    from edge import config_doc
+
+    keys = {(s.table, s.key) for s in config_doc.settings()}
+    assert {("ingest", "watch"), ("storage", "state_dir"), ("web", "listen")} <= keys
+    assert ("destination", "url") in keys
+    reference = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert reference.read_text(encoding="utf-8") == config_doc.render(), (
+        "docs/config.md is stale: run `python -m edge.config_doc > docs/config.md`"
+    )
+
+
+def test_an_undocumented_setting_fails_the_reference(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from edge import config_doc
+
+    source = config_doc.SOURCE.read_text(encoding="utf-8")
+    undocumented = tmp_path / "config.py"
+    undocumented.write_text(
+        source.replace("  # address:port; localhost only unless set otherwise", "")
+    )
+    monkeypatch.setattr(config_doc, "SOURCE", undocumented)
+    with pytest.raises(ValueError, match=r"Web\.listen"):
+        config_doc.settings()
+
+
+def test_daemon_sections_parse_and_explain_mistakes() -> None:
+    import tomllib
+
+    config = parse(
+        tomllib.loads(
+            '[ingest]\nwatch = ["/srv/scanner"]\nextensions = ["SVS", ".ndpi"]\n'
+            '[storage]\nstate_dir = "/data"\nretention_days = 2\n'
+            '[pipeline]\nslides_in_flight = 2\n[web]\nlisten = "0.0.0.0:8443"\n'
+        ),
+        "edge.toml",
+    )
+    assert config.ingest.watch == ("/srv/scanner",)
+    assert config.ingest.extensions == (".svs", ".ndpi")
+    assert config.slides_dir == Path("/data/slides")
+    assert config.storage.retention_days == 2.0
+    assert (config.pipeline.slides_in_flight, config.web.listen) == (2, "0.0.0.0:8443")
+    for toml, message in [
+        ('[ingest]\nwatch = "/srv"\n', "watch must be a list of text"),
+        ("[storage]\nhigh_water = 0.5\nlow_water = 0.6\n", "low_water < high_water"),
+        ('[web]\nlisten = "8080"\n', "ADDRESS:PORT"),
+        ('[pipeline]\nformat = "png"\n', "format 'png'"),
+        ("[ingest]\nwatchh = []\n", r"unknown setting\(s\) \['watchh'\]"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse(tomllib.loads(toml), "edge.toml")
