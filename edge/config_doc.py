@@ -97,12 +97,12 @@ def settings() -> list[Setting]:
         if match:
             found.append(Setting(match[1], match[2], _kind(default), default, match[3]))
             continue
-        cls = config.Destination if f.name == "destinations" else type(default)
+        cls: Any = config.Destination if f.name == "destinations" else type(default)
         table_match = _TABLE.search(cls.__doc__ or "")
         if table_match is None:
             missing.append(f"Config.{f.name}")
             continue
-        instance = cls(name="", kind="folder") if cls is config.Destination else cls()
+        instance: Any = cls(name="", kind="folder") if cls is config.Destination else cls()
         for sub in fields(cls):
             text = docs.get(cls.__name__, {}).get(sub.name, "")
             if not text:

@@ -13,10 +13,10 @@ from edge.errors import EdgeError
 from edge.forward import factory
 from edge.forward.worker import drain
 from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
+from edge.outbox.schema import DATABASE
 from edge.slide.dicom import is_dicom_part10
 
 EXIT_OK, EXIT_INPUT, EXIT_UNDELIVERED = 0, 2, 3
-DATABASE = "outbox.sqlite"
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -379,3 +379,28 @@ def test_writer_is_bound_to_its_thread(outbox: Outbox) -> None:
     thread.start()
     thread.join()
     assert len(errors) == 1
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """The daemon and `edge send` starting together must not both run migration 1."""
+    import threading
+
+    path = tmp_path / "state.sqlite"
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            schema.open_database(path).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = schema.connect(path, readonly=True)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(schema.MIGRATIONS)

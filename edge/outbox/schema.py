@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 from edge.errors import EdgeError
 
 LOGGER = logging.getLogger(__name__)
+
+DATABASE = "outbox.sqlite"  # the state database's file name under [storage] state_dir
 
 STATES = ("queued", "sending", "delivered", "failed", "parked")
 
@@ -60,6 +63,36 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_instance ON events(instance_id);
     """,
+    # 2: slides the daemon found (one row per version of a scanner file), through conversion.
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        fingerprint TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'running', 'done', 'failed', 'quarantined')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        output TEXT NOT NULL DEFAULT '',
+        study_uid TEXT NOT NULL DEFAULT '',
+        series_uid TEXT NOT NULL DEFAULT '',
+        verdict TEXT NOT NULL DEFAULT '',
+        reasons TEXT NOT NULL DEFAULT '[]',
+        stain TEXT NOT NULL DEFAULT '',
+        priority INTEGER NOT NULL DEFAULT 0,
+        unmatched INTEGER NOT NULL DEFAULT 0,
+        instances INTEGER NOT NULL DEFAULT 0,
+        bytes_in INTEGER NOT NULL DEFAULT 0,
+        seconds REAL NOT NULL DEFAULT 0,
+        report TEXT NOT NULL DEFAULT '',
+        error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX jobs_state ON jobs(state, created_at);
+    """,
 )
 
 
@@ -89,11 +122,25 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
+        _set_wal(conn)
     # FULL: a commit survives a power cut (WAL's NORMAL could lose the last transactions and
     # so re-send instances already acknowledged).
     conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, patience_s: float = 10.0) -> None:
+    """Switching a new database to WAL takes an exclusive lock that busy_timeout does not wait
+    for; a second process opening it at that instant retries rather than failing."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def quick_check(conn: sqlite3.Connection, path: Path) -> None:
@@ -107,26 +154,31 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Run the migrations not yet applied, each in its own transaction; return the version."""
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > len(MIGRATIONS):
-        raise SchemaTooNew(
-            f"{path}: outbox schema version {version}, this release knows up to "
-            f"{len(MIGRATIONS)}; run the newer release or restore an older database"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    """Run the migrations not yet applied, each in its own transaction; return the version.
+
+    The version is read inside each write transaction: two processes opening a new database
+    at once (the daemon and `edge send`, say) must not both run the same migration."""
+    while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in script.split(";"):
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"{path}: outbox schema version {version}, this release knows up to "
+                    f"{len(MIGRATIONS)}; run the newer release or restore an older database"
+                )
+            if version == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return version
+            for statement in MIGRATIONS[version].split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        LOGGER.info("outbox schema migrated to version %d", number)
-    return len(MIGRATIONS)
+        LOGGER.info("outbox schema migrated to version %d", version + 1)
 
 
 def open_database(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,366 @@
+"""The appliance daemon: scanner folders -> jobs -> one pass (convert + analyse) -> outbox ->
+destinations, unattended.
+
+Threads, each with its own database connection:
+- ingest: scans the watch folders, queues each finished slide once (edge.ingest.watch);
+- converters (`[pipeline] slides_in_flight`): claim a job, run the pass, queue the instances
+  for every destination, record the verdict; a slide that cannot be read is quarantined with
+  the reason, a crash is retried up to `max_attempts` then parked as failed;
+- one forwarder per destination: drains the outbox through its own circuit breaker, so a
+  PACS that is down never slows the cloud copy;
+- the main thread: signals, disk watermarks (ingest pauses above high_water, never deleting
+  unsent data), retention of delivered files, the status line, sd_notify.
+
+Restart safety: jobs left running and deliveries left sending go back to the queue; a job's
+UIDs follow from its file, the output folder is replaced atomically and the outbox is keyed
+by SOP Instance UID, so a slide converted twice is sent once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge import config as cfg
+from edge.errors import InputError
+from edge.forward import factory
+from edge.forward.worker import drain
+from edge.ingest.watch import Settler, scan
+from edge.jobs import JobStore, job_counts
+from edge.outbox.queries import OutboxReader
+from edge.outbox.retry import CircuitBreaker, RetryPolicy
+from edge.outbox.schema import DATABASE, connect
+from edge.outbox.store import Outbox
+from edge.pipeline import Stopping, boost, process
+
+LOGGER = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 600.0  # retention sweep
+FORWARD_SLICE_S = 5.0  # a forwarder re-checks the stop flag at least this often
+
+
+@dataclass
+class Health:
+    """Last heartbeat of each stage (monotonic seconds) and what the daemon is doing."""
+
+    beats: dict[str, float] = field(default_factory=dict)
+    ingest_paused: str = ""  # why, when the disk is above its high-water mark
+    settling: int = 0  # slides seen but not yet finished (or not yet queued)
+    scans: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def beat(self, stage: str) -> None:
+        with self.lock:
+            self.beats[stage] = time.monotonic()
+
+
+def disk_fraction_used(path: Path) -> float:
+    usage = shutil.disk_usage(path)
+    return 1.0 - usage.free / usage.total if usage.total else 0.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: cfg.Config,
+        *,
+        once: bool = False,
+        notify: Callable[[str], None] | None = None,
+        disk_used: Callable[[Path], float] = disk_fraction_used,
+    ) -> None:
+        self.config = config
+        self.once = once
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.health = Health()
+        self.database = config.state_dir / DATABASE
+        self._notify = notify or (lambda line: None)
+        self._disk_used = disk_used
+        self._threads: list[threading.Thread] = []
+        self.crashed: list[str] = []
+
+    # ---- life cycle ----
+
+    def run(self, timeout_s: float | None = None) -> int:
+        """Run until stopped (or, with once=True, until everything found has been sent).
+        Returns 0, or 1 when once-mode ran out of time with work left or a stage crashed."""
+        self._prepare()
+        self._install_signals()
+        self._start_threads()
+        self._notify("READY=1")
+        LOGGER.info(
+            "edge running: watching %d folder(s), %d destination(s), state in %s",
+            len(self.config.ingest.watch),
+            len(self.config.destinations),
+            self.config.state_dir,
+        )
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_sweep = 0.0
+        code = 0
+        try:
+            while not self.stop.is_set():
+                self._check_disk()
+                if time.monotonic() - last_sweep >= HOUSEKEEPING_S:
+                    last_sweep = time.monotonic()
+                    self.sweep()
+                self._notify(f"STATUS={self.status_line()}")
+                if self.crashed:
+                    LOGGER.error("stopping: stage(s) crashed: %s", ", ".join(self.crashed))
+                    code = 1
+                    break
+                if self.once and self.idle():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    LOGGER.error("stopping: work left after %.0f s", timeout_s)
+                    code = 1
+                    break
+                self.stop.wait(0.5)
+        finally:
+            self._notify("STOPPING=1")
+            self.stop.set()
+            self.wake.set()
+            for thread in self._threads:
+                thread.join(timeout=60)
+        LOGGER.info("edge stopped")
+        return code
+
+    def _prepare(self) -> None:
+        for folder in (self.config.state_dir, self.config.slides_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.state_dir, 0o700)  # patient data: the service user's only
+        with JobStore(self.database) as jobs:
+            recovered = jobs.recover()
+        with Outbox(self.database) as outbox:
+            resent = outbox.recover()
+        if recovered or resent:
+            LOGGER.info("recovered after a stop: %d job(s), %d delivery(ies)", recovered, resent)
+        for watched in self.config.ingest.watch:
+            if not Path(watched).is_dir():
+                LOGGER.warning("watch folder %s does not exist (yet); will keep looking", watched)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            LOGGER.info("signal %d: finishing up", signum)
+            self.stop.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _start_threads(self) -> None:
+        self._spawn("ingest", self._ingest)
+        for n in range(self.config.pipeline.slides_in_flight):
+            self._spawn(f"convert-{n + 1}", self._convert)
+        for dest in self.config.destinations:
+            self._spawn(f"forward-{dest.name}", self._forward, dest)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception:  # a bug in a stage: stop the daemon, systemd restarts it
+                LOGGER.exception("stage %s crashed", name)
+                self.crashed.append(name)
+                self.stop.set()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ---- stages ----
+
+    def _ingest(self) -> None:
+        ingest = self.config.ingest
+        settler = Settler(ingest.settle_s)
+        roots = [Path(p) for p in ingest.watch]
+        with JobStore(self.database) as jobs:
+            known = jobs.fingerprints()
+            while not self.stop.is_set():
+                self.health.beat("ingest")
+                seen = list(scan(roots, ingest.extensions, ingest.ready_marker))
+                fresh = [c for c in seen if c.fingerprint not in known]
+                settled = settler.settled(fresh, time.monotonic())
+                for candidate in settled:
+                    job_id = jobs.add(candidate.path, candidate.fingerprint)
+                    known.add(candidate.fingerprint)
+                    if job_id is not None:
+                        # The file name can carry patient identity: logs get the job id only.
+                        LOGGER.info(
+                            "job %d: slide found (%s, %.1f MB)",
+                            job_id,
+                            candidate.path.suffix.lower() or "DICOM folder",
+                            candidate.signature[1] / 1e6,
+                        )
+                        self.wake.set()
+                with self.health.lock:
+                    self.health.settling = len(fresh) - len(settled)
+                    self.health.scans += 1
+                self.stop.wait(ingest.poll_s)
+
+    def _convert(self) -> None:
+        names = [d.name for d in self.config.destinations]
+        stage = threading.current_thread().name
+        policy = RetryPolicy(base_s=self.config.retry_base_s, ceiling_s=self.config.retry_ceiling_s)
+        with JobStore(self.database) as jobs, Outbox(self.database, policy=policy) as outbox:
+            while not self.stop.is_set():
+                self.health.beat(stage)
+                if self.health.ingest_paused:
+                    self.stop.wait(1.0)
+                    continue
+                job = jobs.claim()
+                if job is None:
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+
+                def progress(done: int, total: int) -> None:
+                    self.health.beat(stage)
+                    if self.stop.is_set():
+                        raise Stopping(f"stopping after {done} of {total} tiles")
+
+                started = time.monotonic()
+                try:
+                    output = process(job, self.config, progress)
+                    if names and output.files:
+                        outbox.enqueue(output.files, names, f"job-{job.id}", boost(output))
+                except Stopping:
+                    jobs.release(job.id)
+                    LOGGER.info("job %d: back in the queue (stopping)", job.id)
+                    return
+                except InputError as exc:
+                    jobs.quarantine(job.id, exc.problem)
+                    self._quarantine_file(job.source)
+                    LOGGER.warning("job %d: quarantined: %s", job.id, exc.problem)
+                    continue
+                except Exception as exc:  # a crash or an environment problem: retried
+                    reason = f"{type(exc).__name__}: {exc}"
+                    state = jobs.failed(job.id, reason, self.config.pipeline.max_attempts)
+                    LOGGER.error("job %d: %s (%s)", job.id, reason, state)
+                    continue
+                jobs.finish(job.id, output.job)
+                LOGGER.info(
+                    "job %d: %s in %.1f s, %d instance(s) queued%s",
+                    job.id,
+                    (output.job.verdict or "converted").upper(),
+                    time.monotonic() - started,
+                    len(output.files) if names else 0,
+                    ", unmatched (no patient/order data)" if output.job.unmatched else "",
+                )
+
+    def _quarantine_file(self, source: Path) -> None:
+        target = self.config.ingest.quarantine_dir
+        if not target:
+            return  # the source is never moved unless configured
+        try:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(Path(target) / source.name))
+        except OSError as exc:
+            LOGGER.warning("cannot move a quarantined slide to %s: %s", target, exc)
+
+    def _forward(self, dest_config: cfg.Destination) -> None:
+        stage = threading.current_thread().name
+        policy = RetryPolicy(base_s=self.config.retry_base_s, ceiling_s=self.config.retry_ceiling_s)
+        breaker = CircuitBreaker(cooldown_s=min(60.0, self.config.retry_ceiling_s))
+        with Outbox(self.database, policy=policy) as outbox:
+            destination = factory.build(dest_config)
+            try:
+                while not self.stop.is_set():
+                    self.health.beat(stage)
+
+                    def nap(seconds: float) -> None:
+                        self.health.beat(stage)
+                        self.stop.wait(min(seconds, 1.0))
+
+                    result = drain(
+                        outbox,
+                        destination,
+                        batch_size=self.config.batch_size,
+                        breaker=breaker,
+                        deadline=time.time() + FORWARD_SLICE_S,
+                        sleep=nap,
+                    )
+                    if result.batches == 0:
+                        self.stop.wait(0.5)
+            finally:
+                destination.close()
+
+    # ---- housekeeping and status ----
+
+    def _check_disk(self) -> None:
+        storage = self.config.storage
+        used = self._disk_used(self.config.slides_dir)
+        paused = self.health.ingest_paused
+        if not paused and used >= storage.high_water:
+            self.health.ingest_paused = (
+                f"disk {used:.0%} full (high-water mark {storage.high_water:.0%}); "
+                "unsent slides are kept, delivered ones are removed after retention"
+            )
+            LOGGER.warning("ingest paused: %s", self.health.ingest_paused)
+            self.sweep()
+        elif paused and used < storage.low_water:
+            self.health.ingest_paused = ""
+            LOGGER.info("ingest resumed: disk %.0f%% full", used * 100)
+
+    def sweep(self) -> int:
+        """Remove delivered files past retention (never anything unsent)."""
+        retention_s = self.config.storage.retention_days * 86400.0
+        with Outbox(self.database) as outbox:
+            removed = outbox.purge_delivered(retention_s)
+        for folder in {p.parent for p in removed}:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: the QC folder and reports stay
+        if removed:
+            LOGGER.info("retention: removed %d delivered file(s)", len(removed))
+        return len(removed)
+
+    def idle(self) -> bool:
+        """Nothing left to find, convert or send (once-mode's end)."""
+        with self.health.lock:
+            if self.health.scans < 2 or self.health.settling:
+                return False
+        counts = self._job_counts()
+        if counts["queued"] or counts["running"]:
+            return False
+        reader = OutboxReader(self.database)
+        try:
+            per = reader.stats()["destinations"]
+        finally:
+            reader.close()
+        return all(c["queued"] + c["sending"] + c["failed"] == 0 for c in per.values())
+
+    def _job_counts(self) -> dict[str, int]:
+        conn = connect(self.database, readonly=True)
+        try:
+            return job_counts(conn)
+        finally:
+            conn.close()
+
+    def status_line(self) -> str:
+        counts = self._job_counts()
+        paused = " (ingest paused: disk full)" if self.health.ingest_paused else ""
+        return (
+            f"{counts['done']} done, {counts['queued'] + counts['running']} in progress, "
+            f"{counts['quarantined'] + counts['failed']} need attention{paused}"
+        )
+
+
+def embedded_defaults(home: Path) -> cfg.Config:
+    """A working appliance with no configuration file: everything under `home`."""
+    return cfg.Config(
+        state_dir=home / "state",
+        ingest=cfg.Ingest(watch=(str(home / "inbox"),), settle_s=2.0, poll_s=1.0),
+        destinations=(cfg.Destination(name="local", kind="folder", path=str(home / "outgoing")),),
+    )

@@ -1,0 +1,1 @@
+"""Where slides come from: scanner output folders (and, later, a DICOM receiver)."""

@@ -1,0 +1,127 @@
+"""One slide through the one streaming pass: convert (+ analyse) -> results on disk.
+
+The daemon calls `process` for each job; `edge convert --analyse` does the same steps one
+slide at a time. Raises InputError for a slide that cannot be converted (the daemon
+quarantines it), Stopping when the daemon is shutting down (the partial output is removed by
+the atomic writer; the job goes back to the queue), anything else for a crash (retried).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge import config as cfg
+from edge.convert import ConvertOptions, ConvertResult, convert, output_name, patient_attributes
+from edge.errors import EdgeError
+from edge.jobs import Job, JobResult
+
+LOGGER = logging.getLogger(__name__)
+
+IDENTITY_KEYS = ("PatientID", "AccessionNumber")  # a slide with neither is "unmatched"
+
+
+class Stopping(EdgeError):
+    """The daemon is stopping; the slide goes back to the queue."""
+
+
+def analysis_options(config: cfg.Config) -> Any:
+    """AnalysisOptions from the [analysis] section (engine cache under state_dir)."""
+    from edge.analysis.qc import Thresholds
+    from edge.analysis.run import AnalysisOptions
+
+    section = config.analysis
+    options = AnalysisOptions(
+        backend=section.backend,
+        thresholds=Thresholds.from_config(section),
+        threads=section.threads or None,
+        cache_dir=Path(section.engine_cache_dir or config.state_dir / "engines"),
+    )
+    if section.models_dir:
+        options = dataclasses.replace(options, models_dir=Path(section.models_dir))
+    return options
+
+
+@dataclasses.dataclass
+class SlideOutput:
+    """What a processed slide left on disk, and what to tell the job store."""
+
+    convert: ConvertResult
+    files: list[Path]  # every DICOM instance to send
+    report: dict[str, Any] | None
+    job: JobResult
+
+
+def convert_and_analyse(
+    path: Path,
+    out_root: Path,
+    options: ConvertOptions,
+    analysis: Any | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[ConvertResult, dict[str, Any] | None]:
+    """Convert into out_root/<name>/ with the analysis riding the pass; QC outputs go to
+    out_root/<name>.qc/ and, as DICOM (SEG, SR), into the slide folder."""
+    session = None
+    if analysis is not None:
+        from edge.analysis.api import SlideAnalysis
+
+        session = SlideAnalysis(analysis)
+    result = convert(
+        path, out_root, options, progress, consumers_for=session.consumers if session else None
+    )
+    report = None
+    if session is not None:
+        from edge.analysis.outputs import write_outputs
+
+        qc_dir = out_root / f"{output_name(path)}.qc"
+        report = write_outputs(session.result(), qc_dir, path.name)
+        result.qc = {
+            "verdict": report["verdict"],
+            "reasons": report["reasons"],
+            "report": str(qc_dir / "report.json"),
+        }
+    return result, report
+
+
+def process(
+    job: Job, config: cfg.Config, progress: Callable[[int, int], None] | None = None
+) -> SlideOutput:
+    """Convert (and analyse) one job's slide; `progress` may raise Stopping to abandon it."""
+    options = ConvertOptions(format=config.pipeline.format, quality=config.pipeline.quality)
+    if not config.ingest.sidecar:
+        options = dataclasses.replace(options, sidecar=Path("/nonexistent/no-sidecar.json"))
+    unmatched = not any(patient_attributes(job.source, options).get(k) for k in IDENTITY_KEYS)
+
+    out_root = config.slides_dir / f"job-{job.id:06d}"
+    analysis = analysis_options(config) if config.pipeline.analyse else None
+    result, report = convert_and_analyse(job.source, out_root, options, analysis, progress)
+    files = sorted(Path(result.output).glob("*.dcm"))
+    verdict = str(report["verdict"]) if report else ""
+    return SlideOutput(
+        convert=result,
+        files=files,
+        report=report,
+        job=JobResult(
+            output=result.output,
+            study_uid=result.study_uid,
+            series_uid=result.series_uid,
+            instances=len(files),
+            bytes_in=result.bytes_in,
+            seconds=result.seconds,
+            verdict=verdict,
+            reasons=tuple(report["reasons"]) if report else (),
+            stain=str(report.get("stain", "")) if report else "",
+            priority=int(report.get("priority", 0)) if report else 0,
+            unmatched=unmatched,
+            report=str(result.qc["report"]) if result.qc else "",
+        ),
+    )
+
+
+def boost(output: SlideOutput) -> int:
+    """Send order across slides from the triage priority (0-100; rescans score 80 and up),
+    in ten steps: a rescan or a likely finding goes ahead of routine slides."""
+    return max(0, min(100, output.job.priority)) // 10
