@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 SAMPLE ?= sample/sample.svs
 OUT ?= out
+EDGE_HOME ?= edge-data
+RUN_ARGS ?=
 PYTEST_ARGS ?= -n 2
 
 .PHONY: run test lint bench venv clean
@@ -22,15 +24,15 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(STAMP)
 
 run: $(STAMP)
-	@mkdir -p $(dir $(SAMPLE))
+	@mkdir -p $(dir $(SAMPLE)) $(EDGE_HOME)/inbox
 	@[ -f $(SAMPLE) ] || $(EDGE) synth -o $(SAMPLE) --size 8192x6144
-	$(EDGE) convert $(SAMPLE) -o $(OUT) --analyse
-	@echo
-	@echo "DICOM WSI written to $(OUT)/$(notdir $(basename $(SAMPLE)))/ (one file per level, plus label/overview/thumbnail)."
-	@echo "Look at it:"
-	@echo "  $(PY) -c \"import openslide; s = openslide.OpenSlide('$(OUT)/$(notdir $(basename $(SAMPLE)))/level-00.dcm'); print(s.level_dimensions); s.get_thumbnail((800, 800)).save('thumbnail.png')\""
-	@echo "  dciodvfy -new $(OUT)/$(notdir $(basename $(SAMPLE)))/level-00.dcm   # validator, Debian package dicom3tools"
-	@echo "Convert your own slides: $(EDGE) convert SLIDE... -o $(OUT)"
+	@[ -e $(EDGE_HOME)/inbox/$(notdir $(SAMPLE)) ] || cp $(SAMPLE) $(EDGE_HOME)/inbox/
+	@echo "The appliance runs on embedded defaults (no /etc/edge/edge.toml): it watches"
+	@echo "  $(EDGE_HOME)/inbox/     (the sample slide is there; drop more SVS/NDPI/TIFF/DICOM in)"
+	@echo "and converts, analyses and sends each slide to the folder destination"
+	@echo "  $(EDGE_HOME)/outgoing/  (state database, converted slides and QC in $(EDGE_HOME)/state/)."
+	@echo "Slides and verdicts: $(EDGE) jobs --home $(EDGE_HOME) list    Stop: Ctrl-C"
+	$(EDGE) run --home $(EDGE_HOME) $(RUN_ARGS)
 
 test: $(STAMP)
 	@tools/install-system-deps test
@@ -50,4 +52,4 @@ bench: $(BENCH_STAMP)
 	$(PY) tools/bench convert
 
 clean:
-	rm -rf $(VENV) $(OUT) sample .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) $(EDGE_HOME) sample .pytest_cache .mypy_cache .ruff_cache
