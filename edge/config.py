@@ -75,6 +75,29 @@ class Ingest:
 
 
 @dataclass(frozen=True)
+class Receiver:
+    """DICOM C-STORE receiver for DICOM-native scanners (`[receiver]`)."""
+
+    port: int = 0  # listen on this port (0: no receiver)
+    listen: str = "0.0.0.0"  # address to listen on (the scanner's network)
+    ae_title: str = "EDGE"  # our AE title; scanners must call it
+    allowed_aets: tuple[str, ...] = ()  # calling AE titles accepted (empty: any)
+    settle_s: float = 30.0  # a series is a finished slide once no instance arrived this long
+
+
+@dataclass(frozen=True)
+class Worklist:
+    """Patient and order data from the lab's Modality Worklist (`[worklist]`)."""
+
+    host: str = ""  # worklist SCP host (empty: no lookup; sidecar files still work)
+    port: int = 104  # its port
+    called_aet: str = "WORKLIST"  # its AE title
+    calling_aet: str = "EDGE"  # our AE title
+    match: str = "AccessionNumber"  # worklist key the slide barcode is matched against
+    timeout_s: float = 10.0  # give up (slide flagged unmatched) after this long
+
+
+@dataclass(frozen=True)
 class Storage:
     """Local data (`[storage]`); state_dir itself is Config.state_dir."""
 
@@ -114,6 +137,8 @@ class Config:
     storage: Storage = field(default_factory=Storage)  # [storage]
     pipeline: Pipeline = field(default_factory=Pipeline)  # [pipeline]
     web: Web = field(default_factory=Web)  # [web]
+    receiver: Receiver = field(default_factory=Receiver)  # [receiver]
+    worklist: Worklist = field(default_factory=Worklist)  # [worklist]
 
     @property
     def slides_dir(self) -> Path:
@@ -152,7 +177,17 @@ def load(path: Path) -> Config:
 
 
 def parse(data: dict[str, Any], source: str = "config") -> Config:
-    known = {"storage", "forward", "destination", "analysis", "ingest", "pipeline", "web"}
+    known = {
+        "storage",
+        "forward",
+        "destination",
+        "analysis",
+        "ingest",
+        "pipeline",
+        "web",
+        "receiver",
+        "worklist",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(known)}")
@@ -213,6 +248,8 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         storage=_storage({k: v for k, v in storage.items() if k != "state_dir"}, storage_where),
         pipeline=_pipeline(data.get("pipeline", {}), f"{source}: [pipeline]"),
         web=_web(data.get("web", {}), f"{source}: [web]"),
+        receiver=_receiver(data.get("receiver", {}), f"{source}: [receiver]"),
+        worklist=_worklist(data.get("worklist", {}), f"{source}: [worklist]"),
         state_dir=Path(_typed(storage_where, storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
@@ -290,6 +327,28 @@ def _web(table: dict[str, Any], where: str) -> Web:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: listen must be ADDRESS:PORT, found {values['listen']!r}")
     return Web(**values)
+
+
+def _receiver(table: dict[str, Any], where: str) -> Receiver:
+    values = _section(Receiver, table, where)
+    if not 0 <= values["port"] < 65536:
+        raise ConfigError(f"{where}: port {values['port']} is not 0 (off) or 1..65535")
+    for title in (values["ae_title"], *values["allowed_aets"]):
+        if not 0 < len(title) <= 16:
+            raise ConfigError(f"{where}: AE title {title!r} must be 1..16 characters")
+    return Receiver(**values)
+
+
+WORKLIST_KEYS = ("AccessionNumber", "PatientID", "RequestedProcedureID", "StudyInstanceUID")
+
+
+def _worklist(table: dict[str, Any], where: str) -> Worklist:
+    values = _section(Worklist, table, where)
+    if values["match"] not in WORKLIST_KEYS:
+        raise ConfigError(f"{where}: match {values['match']!r}; expected one of {WORKLIST_KEYS}")
+    if values["host"] and not 0 < values["port"] < 65536:
+        raise ConfigError(f"{where}: port {values['port']} is not 1..65535")
+    return Worklist(**values)
 
 
 def _analysis(table: dict[str, Any], where: str) -> Analysis:

@@ -35,6 +35,7 @@ from edge import config as cfg
 from edge.errors import InputError
 from edge.forward import factory
 from edge.forward.worker import drain
+from edge.ingest.receiver import Receiver
 from edge.ingest.watch import Settler, scan
 from edge.jobs import JobStore, job_counts
 from edge.outbox.queries import OutboxReader
@@ -88,6 +89,8 @@ class Daemon:
         self._disk_used = disk_used
         self._threads: list[threading.Thread] = []
         self.crashed: list[str] = []
+        self.spool = config.state_dir / "received"  # the DICOM receiver's series folders
+        self.receiver: Receiver | None = None
 
     # ---- life cycle ----
 
@@ -96,6 +99,9 @@ class Daemon:
         Returns 0, or 1 when once-mode ran out of time with work left or a stage crashed."""
         self._prepare()
         self._install_signals()
+        if self.config.receiver.port:
+            self.receiver = Receiver(self.config.receiver, self.spool)
+            self.receiver.start()
         self._start_threads()
         self._notify("READY=1")
         LOGGER.info(
@@ -129,6 +135,8 @@ class Daemon:
             self._notify("STOPPING=1")
             self.stop.set()
             self.wake.set()
+            if self.receiver is not None:
+                self.receiver.stop()
             for thread in self._threads:
                 thread.join(timeout=60)
         LOGGER.info("edge stopped")
@@ -184,15 +192,26 @@ class Daemon:
 
     def _ingest(self) -> None:
         ingest = self.config.ingest
-        settler = Settler(ingest.settle_s)
-        roots = [Path(p) for p in ingest.watch]
+        # Scanner folders and the receiver's spool settle at their own pace: a DICOM scanner
+        # pauses between levels longer than a file copy pauses between blocks.
+        sources = [
+            ([Path(p) for p in ingest.watch], Settler(ingest.settle_s), ingest.ready_marker),
+        ]
+        if self.config.receiver.port:
+            sources.append(([self.spool], Settler(self.config.receiver.settle_s), ""))
         with JobStore(self.database) as jobs:
             known = jobs.fingerprints()
             while not self.stop.is_set():
                 self.health.beat("ingest")
-                seen = list(scan(roots, ingest.extensions, ingest.ready_marker))
-                fresh = [c for c in seen if c.fingerprint not in known]
-                settled = settler.settled(fresh, time.monotonic())
+                fresh, settled = [], []
+                for roots, settler, marker in sources:
+                    seen = [
+                        c
+                        for c in scan(roots, ingest.extensions, marker)
+                        if c.fingerprint not in known
+                    ]
+                    fresh += seen
+                    settled += settler.settled(seen, time.monotonic())
                 for candidate in settled:
                     job_id = jobs.add(candidate.path, candidate.fingerprint)
                     known.add(candidate.fingerprint)
@@ -251,6 +270,8 @@ class Daemon:
                     LOGGER.error("job %d: %s (%s)", job.id, reason, state)
                     continue
                 jobs.finish(job.id, output.job)
+                if job.source.is_relative_to(self.spool):
+                    shutil.rmtree(job.source, ignore_errors=True)  # our copy, now converted
                 LOGGER.info(
                     "job %d: %s in %.1f s, %d instance(s) queued%s",
                     job.id,

@@ -49,6 +49,7 @@ class JobResult:
     priority: int = 0
     unmatched: bool = False
     report: str = ""
+    note: str = ""  # why unmatched
 
 
 class JobStore:
@@ -131,7 +132,7 @@ class JobStore:
                 "UPDATE jobs SET state = 'done', finished_at = ?, updated_at = ?, output = ?, "
                 "study_uid = ?, series_uid = ?, instances = ?, bytes_in = ?, seconds = ?, "
                 "verdict = ?, reasons = ?, stain = ?, priority = ?, unmatched = ?, report = ?, "
-                "error = '' WHERE id = ?",
+                "note = ?, error = '' WHERE id = ?",
                 (
                     at,
                     at,
@@ -147,6 +148,7 @@ class JobStore:
                     result.priority,
                     int(result.unmatched),
                     result.report,
+                    result.note,
                     job_id,
                 ),
             )

@@ -9,6 +9,7 @@ the atomic writer; the job goes back to the queue), anything else for a crash (r
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from edge import config as cfg
 from edge.convert import ConvertOptions, ConvertResult, convert, output_name, patient_attributes
 from edge.errors import EdgeError
+from edge.fileio import write_atomic
 from edge.jobs import Job, JobResult
 
 LOGGER = logging.getLogger(__name__)
@@ -93,9 +95,22 @@ def process(
     options = ConvertOptions(format=config.pipeline.format, quality=config.pipeline.quality)
     if not config.ingest.sidecar:
         options = dataclasses.replace(options, sidecar=Path("/nonexistent/no-sidecar.json"))
-    unmatched = not any(patient_attributes(job.source, options).get(k) for k in IDENTITY_KEYS)
-
     out_root = config.slides_dir / f"job-{job.id:06d}"
+    patient = patient_attributes(job.source, options)
+    note = ""
+    if not _identified(patient):
+        barcode, carried = _slide_identity(job.source)
+        if _identified(carried):  # a DICOM input that already names its patient
+            patient = {**carried, **patient}
+        else:
+            patient, note = _from_worklist(config, barcode, patient)
+            if patient:
+                out_root.mkdir(parents=True, exist_ok=True)
+                sidecar = out_root / "patient.json"  # PHI: 0600 (mkstemp) in the 0700 state dir
+                write_atomic(sidecar, json.dumps(patient).encode())
+                options = dataclasses.replace(options, sidecar=sidecar)
+    unmatched = not _identified(patient)
+
     analysis = analysis_options(config) if config.pipeline.analyse else None
     result, report = convert_and_analyse(job.source, out_root, options, analysis, progress)
     files = sorted(Path(result.output).glob("*.dcm"))
@@ -117,8 +132,40 @@ def process(
             priority=int(report.get("priority", 0)) if report else 0,
             unmatched=unmatched,
             report=str(result.qc["report"]) if result.qc else "",
+            note=note if unmatched else "",
         ),
     )
+
+
+def _identified(attributes: dict[str, str]) -> bool:
+    return any(attributes.get(k) for k in IDENTITY_KEYS)
+
+
+def _slide_identity(path: Path) -> tuple[str, dict[str, str]]:
+    """The slide's barcode (its file name when the label gives none) and the patient/order
+    attributes the file itself carries (DICOM inputs)."""
+    from edge.slide.open import open_slide
+
+    source = open_slide(path)
+    try:
+        meta = source.metadata
+        carried = {k: str(v) for k, v in meta.dicom_attributes.items() if k in IDENTITY_KEYS and v}
+        return meta.barcode or path.stem, carried
+    finally:
+        source.close()
+
+
+def _from_worklist(
+    config: cfg.Config, barcode: str, patient: dict[str, str]
+) -> tuple[dict[str, str], str]:
+    """The sidecar's attributes completed from the worklist (the sidecar's win), and a note
+    saying why the slide stays unmatched, if it does."""
+    from edge.ingest.worklist import lookup
+
+    if not config.worklist.host:
+        return patient, "no sidecar and no worklist configured"
+    match = lookup(config.worklist, barcode)
+    return {**match.attributes, **patient}, match.note
 
 
 def boost(output: SlideOutput) -> int:

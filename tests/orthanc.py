@@ -25,6 +25,7 @@ from tests.conftest import need
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 START_TIMEOUT_S = 20.0
 
 
@@ -40,6 +41,7 @@ class Orthanc:
     http_port: int
     dicom_port: int
     users: dict[str, str] = field(default_factory=dict)  # RegisteredUsers; empty: no auth
+    worklists: Path | None = None  # a folder of .wl files served by the worklist plugin
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,15 +64,17 @@ class Orthanc:
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": "ORTHANC",
-            "DicomModalities": {},
+            # A worklist answers only modalities it knows, as a hospital's would.
+            "DicomModalities": {"edge": ["EDGE", "127.0.0.1", 104]} if self.worklists else {},
             "DicomCheckCalledAet": False,
             "UnknownSopClassAccepted": True,
             "OverwriteInstances": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": bool(self.users),
             "RegisteredUsers": self.users,
-            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "Plugins": [str(DICOMWEB_PLUGIN)] + ([str(WORKLIST_PLUGIN)] if self.worklists else []),
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "Worklists": {"Enable": bool(self.worklists), "Database": str(self.worklists or "")},
             "StableAge": 1,
         }
 
@@ -171,10 +175,14 @@ def need_orthanc() -> None:
 
 
 @contextmanager
-def orthanc_server(root: Path, users: dict[str, str] | None = None) -> Iterator[Orthanc]:
+def orthanc_server(
+    root: Path, users: dict[str, str] | None = None, worklists: Path | None = None
+) -> Iterator[Orthanc]:
     need_orthanc()
+    if worklists is not None:
+        need(WORKLIST_PLUGIN.is_file(), f"{WORKLIST_PLUGIN} not found (Debian package `orthanc`)")
     root.mkdir(parents=True, exist_ok=True)
-    server = Orthanc(root, free_port(), free_port(), dict(users or {}))
+    server = Orthanc(root, free_port(), free_port(), dict(users or {}), worklists)
     server.start()
     try:
         yield server

@@ -25,6 +25,7 @@ LOGGER = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".lock", ".json")
 LOCK_SUFFIXES = (".lock", ".lck")
 MAX_DEPTH = 3  # scanners file slides by date or rack; deeper trees are not scanner output
+_UNREACHABLE: set[Path] = set()  # folders whose failure was already logged (one line each)
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,14 @@ def _scan(
 ) -> Iterator[Candidate]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:  # a share that went away: say so, keep scanning the others
-        LOGGER.warning("cannot scan %s: %s", folder, exc.strerror or exc)
+    except OSError as exc:  # a share that went away: say so once, keep scanning the others
+        if folder not in _UNREACHABLE:
+            _UNREACHABLE.add(folder)
+            LOGGER.warning("cannot scan %s: %s", folder, exc.strerror or exc)
         return
+    if folder in _UNREACHABLE:
+        _UNREACHABLE.discard(folder)
+        LOGGER.info("%s is reachable again", folder)
     has_dicom = False
     for entry in entries:
         name = entry.name

@@ -93,6 +93,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_state ON jobs(state, created_at);
     """,
+    # 3: why a slide is unmatched (no worklist entry, several, worklist down), for the technician.
+    """
+    ALTER TABLE jobs ADD COLUMN note TEXT NOT NULL DEFAULT ''
+    """,
 )
 
 
