@@ -264,3 +264,50 @@ def test_aws_missing_profile_names_it(tmp_path: Path) -> None:
             aws_profile="prod",
             region="eu-west-1",
         )
+
+
+def test_aws_proxy_refuses_tampered_body_and_stale_date(
+    aws: CloudProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in checks what AWS checks: a body that is not the signed one, an old date."""
+    import datetime as dt
+    import hashlib
+
+    import botocore.auth
+    import httpx
+
+    from edge.forward.auth import AwsSigV4
+
+    assert aws.aws is not None
+    signer = AwsSigV4(
+        aws.aws.credentials_file(tmp_path / "credentials"),
+        region=aws.aws.region,
+        service=aws.aws.service,
+        profile="edge",
+    )
+    url = f"{aws.dicomweb_url}/studies"
+    body = b"signed body"
+    headers = signer.headers("POST", url, hashlib.sha256(body).hexdigest())
+    assert httpx.post(url, content=b"other body", headers=headers).status_code == 403
+    assert aws.refusals()[-1].endswith("XAmzContentSHA256Mismatch")
+    stale = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=10)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: stale)
+    headers = signer.headers("POST", url, hashlib.sha256(body).hexdigest())
+    assert httpx.post(url, content=body, headers=headers).status_code == 403
+    assert "Signature expired" in aws.refusals()[-1]
+
+
+def test_google_token_endpoint_down_is_retried(
+    account: ServiceAccount, items: list[Item], tmp_path: Path
+) -> None:
+    from tests.orthanc import free_port
+
+    down = f"http://127.0.0.1:{free_port()}/token"
+    dest = stowrs(
+        "http://127.0.0.1:1/dicom-web",
+        auth="google",
+        credentials_file=str(account.key_file(tmp_path / "key.json", down)),
+    )
+    outcomes = dest.send(items[:1])
+    assert [o.verdict for o in outcomes] == [Verdict.RETRY]
+    assert f"google auth: token endpoint {down} unreachable" in outcomes[0].reason

@@ -162,6 +162,7 @@ class GoogleServiceAccount:
             raise ConfigError(
                 f"credentials_file {credentials_file} is not a service-account JSON key: {exc}"
             ) from exc
+        self.token_uri = str(data.get("token_uri", ""))
         self._fetched: dt.datetime | None = None
         self.refreshes = 0  # tokens fetched (for tests and diagnostics)
 
@@ -182,7 +183,7 @@ class GoogleServiceAccount:
         from google.auth import exceptions
         from google.auth.transport.requests import Request
 
-        where = f"token endpoint {self._credentials._token_uri}"
+        where = f"token endpoint {self.token_uri}"
         try:
             fetched = self._clock()
             self._credentials.refresh(Request())
