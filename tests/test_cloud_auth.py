@@ -311,3 +311,52 @@ def test_google_token_endpoint_down_is_retried(
     outcomes = dest.send(items[:1])
     assert [o.verdict for o in outcomes] == [Verdict.RETRY]
     assert f"google auth: token endpoint {down} unreachable" in outcomes[0].reason
+
+
+def test_edge_send_google_from_toml(
+    google: CloudProxy,
+    account: ServiceAccount,
+    empty: Orthanc,
+    wsi_files: list[Path],
+    tmp_path: Path,
+) -> None:
+    """The technician's path: edge.toml with auth = "google", `edge send --wait`."""
+    import json
+    import subprocess
+    import sys
+
+    key = account.key_file(tmp_path / "key.json", google.token_uri)
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[storage]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[destination]]\nname = "gcp"\nkind = "stowrs"\nurl = "{google.dicomweb_url}"\n'
+        f'auth = "google"\ncredentials_file = "{key}"\n'
+    )
+    slide = wsi_files[0].parent
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "send",
+            str(slide),
+            "--to",
+            "gcp",
+            "--wait",
+            "--timeout",
+            "120",
+            "--config",
+            str(cfg),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["delivered"] == len(wsi_files)
+    assert sorted(empty.instances()) == sorted(
+        item_for(path, 0).sop_instance_uid for path in wsi_files
+    )
+    assert "BEGIN PRIVATE KEY" not in proc.stderr + proc.stdout
