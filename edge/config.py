@@ -42,9 +42,7 @@ class Destination:
     tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
     tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
     tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
-    auth: str = (
-        ""  # stowrs: "bearer", "basic", "google", "aws-sigv4" ("": from token_file/username)
-    )
+    auth: str = ""  # stowrs: bearer, basic, google or aws-sigv4 ("": from token_file/username)
     username: str = ""  # stowrs basic: the user name
     password_file: str = ""  # stowrs basic: file holding the password (mode 600: not group/other)
     credentials_file: str = ""  # stowrs google: service-account JSON key; aws-sigv4: INI (600)
