@@ -8,15 +8,17 @@ step). Mistakes are reported with the file, the key and what was expected.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.forward.windows import WindowError, parse_window
 
 DEFAULT_PATH = Path("/etc/edge/edge.toml")
 KINDS = ("cstore", "stowrs", "folder")
 FORMATS = ("jpeg", "jpeg2000", "htj2k", "jpegxl")  # as edge.dicom.encode.FORMATS
+AUTHS = ("bearer", "basic", "google", "aws-sigv4")
 
 
 class ConfigError(EdgeError):
@@ -42,6 +44,15 @@ class Destination:
     tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
     tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
     tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
+    auth: str = ""  # stowrs: bearer, basic, google or aws-sigv4 ("": from token_file/username)
+    username: str = ""  # stowrs basic: the user name
+    password_file: str = ""  # stowrs basic: file holding the password (mode 600: not group/other)
+    credentials_file: str = ""  # stowrs google: service-account JSON key; aws-sigv4: INI (600)
+    aws_profile: str = "default"  # stowrs aws-sigv4: the [profile] in credentials_file
+    region: str = ""  # stowrs aws-sigv4: the AWS region, e.g. us-east-1
+    aws_service: str = "medical-imaging"  # stowrs aws-sigv4: the service name signed for
+    max_bytes_per_s: int = 0  # all kinds: bandwidth cap in bytes per second (0: unlimited)
+    send_windows: tuple[str, ...] = ()  # all kinds: local "HH:MM-HH:MM" times to send (): always
 
 
 @dataclass(frozen=True)
@@ -226,7 +237,19 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             tls_ca_file=_typed(where, table, "tls_ca_file", str, ""),
             tls_cert_file=_typed(where, table, "tls_cert_file", str, ""),
             tls_key_file=_typed(where, table, "tls_key_file", str, ""),
+            auth=_typed(where, table, "auth", str, ""),
+            username=_typed(where, table, "username", str, ""),
+            password_file=_typed(where, table, "password_file", str, ""),
+            credentials_file=_typed(where, table, "credentials_file", str, ""),
+            aws_profile=_typed(where, table, "aws_profile", str, "default"),
+            region=_typed(where, table, "region", str, ""),
+            aws_service=_typed(where, table, "aws_service", str, "medical-imaging"),
+            max_bytes_per_s=_typed(where, table, "max_bytes_per_s", int, 0),
+            send_windows=_windows(f"{where} ({name})", table),
         )
+        dest = _auth(f"{where} ({name})", dest)
+        if dest.max_bytes_per_s < 0:
+            raise ConfigError(f"{where} ({name}): max_bytes_per_s must be 0 (unlimited) or more")
         if kind == "stowrs" and not dest.url.startswith(("http://", "https://")):
             raise ConfigError(f"{where} ({name}): a stowrs destination needs an http(s) url")
         if kind == "stowrs" and dest.max_request_bytes < 1 << 20:
@@ -256,6 +279,47 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         retry_ceiling_s=_typed(f"{source}: [forward]", forward, "retry_ceiling_s", float, 3600.0),
         destinations=tuple(dests),
     )
+
+
+def _windows(where: str, table: dict[str, Any]) -> tuple[str, ...]:
+    value = table.get("send_windows", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f'{where}: send_windows must be a list of "HH:MM-HH:MM" texts, found {value!r}'
+        )
+    for text in value:
+        try:
+            parse_window(text)
+        except WindowError as exc:
+            raise ConfigError(f"{where}: send_windows: {exc}") from exc
+    return tuple(value)
+
+
+def _auth(where: str, dest: Destination) -> Destination:
+    """The auth profile checked against the settings it needs ("" is inferred)."""
+    auth = dest.auth
+    if dest.kind != "stowrs":
+        if auth or dest.username or dest.password_file or dest.credentials_file:
+            raise ConfigError(f"{where}: auth settings apply to stowrs destinations only")
+        return dest
+    if not auth:
+        auth = "bearer" if dest.token_file else "basic" if dest.username else ""
+    if auth and auth not in AUTHS:
+        raise ConfigError(f"{where}: auth {auth!r}; expected one of {AUTHS}")
+    needs: dict[str, tuple[str, ...]] = {
+        "bearer": ("token_file",),
+        "basic": ("username", "password_file"),
+        "google": ("credentials_file",),
+        "aws-sigv4": ("credentials_file", "region"),
+    }
+    for key in needs.get(auth, ()):
+        if not getattr(dest, key):
+            raise ConfigError(f"{where}: auth {auth!r} needs {key}")
+    used = {"token_file", "username", "password_file", "credentials_file"}
+    stray = sorted(k for k in used - set(needs.get(auth, ())) if getattr(dest, k))
+    if stray:
+        raise ConfigError(f"{where}: {', '.join(stray)} not used by auth {auth or 'none'!r}")
+    return replace(dest, auth=auth)
 
 
 _FRACTIONS = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -100,6 +101,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                     # The breaker must not out-wait the configured retry ceiling.
                     breaker=CircuitBreaker(cooldown_s=min(60.0, config.retry_ceiling_s)),
                     deadline=time.time() + args.timeout,
+                    windows=factory.windows(dest_config),
                 )
             finally:
                 destination.close()
@@ -113,6 +115,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         "retries": result.retried,
         "pending": result.pending,
         "parked_reasons": result.reasons[:10],
+        "next_window": _local(result.next_window),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -122,9 +125,17 @@ def cmd_send(args: argparse.Namespace) -> int:
             f"{result.pending} pending ({result.retried} retries)"
         )
         print(line)
+        if result.next_window is not None:
+            print(f"  outside the send windows; the next opens at {_local(result.next_window)}")
         for reason in result.reasons[:10]:
             print(f"  parked: {reason}")
     return EXIT_OK if result.parked == 0 and result.pending == 0 else EXIT_UNDELIVERED
+
+
+def _local(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="minutes")
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 
 from edge.forward.protocol import Item, Outcome, Verdict
 from edge.forward.status import classify_dimse
+from edge.forward.throttle import TokenBucket
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class CStoreDestination:
         tls: ssl.SSLContext | None = None,
         timeout_s: float = 30,
         max_pdu: int = 0,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -87,6 +89,7 @@ class CStoreDestination:
         self.tls = tls
         self.timeout_s = timeout_s
         self.max_pdu = max_pdu
+        self.bucket = bucket  # bandwidth cap on the P-DATA PDUs we send
 
     @property
     def peer(self) -> str:
@@ -148,7 +151,7 @@ class CStoreDestination:
                     for item in items
                 ]
             return retry_all(items, self._why_not_established(assoc, bool(connected)))
-        _bound_send_queue(assoc)
+        _bound_send_queue(assoc, self.bucket)
         outcomes: list[Outcome] = []
         answered = True  # did the last store get a response (or fail before sending)?
         try:
@@ -256,18 +259,21 @@ def _status_code(status: Any) -> int | None:
 SEND_QUEUE_PDUS = 16  # P-DATA PDUs waiting for the socket at most (~16 x max PDU size)
 
 
-def _bound_send_queue(assoc: Any) -> None:
-    """Backpressure for pynetdicom's sender.
+def _bound_send_queue(assoc: Any, bucket: TokenBucket | None = None) -> None:
+    """Backpressure for pynetdicom's sender, and the bandwidth cap.
 
     pynetdicom encodes a data set into P-DATA PDUs as fast as it can read the file and queues
     them for its socket thread without limit, so a slow link queued a whole 1 GB level in memory
-    (685 MB RSS in tools/bench forward). Wait while the queue is long instead.
+    (685 MB RSS in tools/bench forward). Wait while the queue is long instead. With a bucket,
+    each P-DATA PDU also waits for its bytes' share of the cap before it is queued.
     """
     dul = assoc.dul
     put = dul.send_pdu
 
     def throttled(primitive: Any) -> None:
         if isinstance(primitive, P_DATA):
+            if bucket is not None:
+                bucket.take(sum(len(pdv[1]) for pdv in primitive.presentation_data_value_list))
             while dul.to_provider_queue.qsize() >= SEND_QUEUE_PDUS and assoc.is_established:
                 time.sleep(0.0005)
         put(primitive)

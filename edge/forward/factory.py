@@ -6,10 +6,13 @@ import ssl
 from pathlib import Path
 
 from edge import config
+from edge.forward import auth
 from edge.forward.cstore import CStoreDestination
 from edge.forward.folder import FolderDestination
 from edge.forward.protocol import Destination
 from edge.forward.stowrs import StowRsDestination
+from edge.forward.throttle import TokenBucket
+from edge.forward.windows import Window, parse_windows
 
 
 def tls_context(dest: config.Destination) -> ssl.SSLContext:
@@ -25,7 +28,40 @@ def tls_context(dest: config.Destination) -> ssl.SSLContext:
     return context
 
 
+def request_auth(dest: config.Destination) -> auth.RequestAuth | None:
+    """The stowrs auth profile; secret files are read (and their modes checked) here, so a
+    mistake is a ConfigError at start rather than a parked queue."""
+    if dest.auth == "bearer":
+        return auth.BearerFile(Path(dest.token_file))
+    if dest.auth == "basic":
+        return auth.Basic(dest.username, Path(dest.password_file))
+    if dest.auth == "google":
+        return auth.GoogleServiceAccount(Path(dest.credentials_file))
+    if dest.auth == "aws-sigv4":
+        return auth.AwsSigV4(
+            Path(dest.credentials_file),
+            region=dest.region,
+            service=dest.aws_service,
+            profile=dest.aws_profile,
+        )
+    return None
+
+
+def windows(dest: config.Destination) -> tuple[Window, ...]:
+    return parse_windows(dest.send_windows)
+
+
 def build(dest: config.Destination) -> Destination:
+    try:
+        return _build(dest)
+    except config.ConfigError as exc:
+        if str(exc).startswith(f"destination {dest.name}"):
+            raise
+        raise config.ConfigError(f"destination {dest.name}: {exc}") from exc
+
+
+def _build(dest: config.Destination) -> Destination:
+    bucket = TokenBucket(dest.max_bytes_per_s) if dest.max_bytes_per_s > 0 else None
     if dest.kind == "cstore":
         return CStoreDestination(
             dest.name,
@@ -35,16 +71,18 @@ def build(dest: config.Destination) -> Destination:
             dest.calling_aet,
             tls=tls_context(dest) if dest.tls else None,
             timeout_s=dest.timeout_s,
+            bucket=bucket,
         )
     if dest.kind == "stowrs":
         return StowRsDestination(
             dest.name,
             dest.url,
-            token_file=Path(dest.token_file) if dest.token_file else None,
+            auth=request_auth(dest),
             max_request_bytes=dest.max_request_bytes,
             timeout_s=dest.timeout_s,
             verify=tls_context(dest) if dest.url.startswith("https://") else True,
+            bucket=bucket,
         )
     if dest.kind == "folder":
-        return FolderDestination(dest.name, Path(dest.path))
+        return FolderDestination(dest.name, Path(dest.path), bucket=bucket)
     raise config.ConfigError(f"destination {dest.name}: kind {dest.kind!r} is not supported")

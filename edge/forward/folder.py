@@ -18,15 +18,17 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from edge.forward.protocol import Item, Outcome, Verdict
+from edge.forward.throttle import TokenBucket
 
 LOGGER = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
 class FolderDestination:
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, bucket: TokenBucket | None = None) -> None:
         self.name = name
         self.path = Path(path)
+        self.bucket = bucket  # bandwidth cap on the copy (a folder on a network mount)
 
     def send(self, items: list[Item]) -> list[Outcome]:
         return [self._deliver(item) for item in items]
@@ -65,7 +67,7 @@ class FolderDestination:
                     Verdict.PARK,
                     f"conflict: {target} exists with different content for this SOP Instance UID",
                 )
-            copy_atomically(item.path, target)
+            copy_atomically(item.path, target, self.bucket)
         except FileNotFoundError as exc:
             if not item.path.exists():
                 return Outcome(item.id, Verdict.PARK, f"queued file missing: {item.path}")
@@ -87,13 +89,15 @@ def same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
-def copy_atomically(source: Path, target: Path) -> None:
+def copy_atomically(source: Path, target: Path, bucket: TokenBucket | None = None) -> None:
     """Copy `source` to `target` via a temporary name, fsync, os.replace and a folder fsync."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with source.open("rb") as src, temp.open("wb") as dst:
             while chunk := src.read(CHUNK):
+                if bucket is not None:
+                    bucket.take(len(chunk))
                 dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())

@@ -7,12 +7,14 @@ outbox, so a kill at any instant leaves rows `sending` that `Outbox.recover()` r
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge.forward.protocol import Destination, Outcome, Verdict
+from edge.forward.windows import Window, is_open, next_open
 from edge.outbox.retry import CircuitBreaker
 from edge.outbox.store import Outbox
 
@@ -29,6 +31,18 @@ class DrainResult:
     batches: int = 0
     pending: int = 0  # still queued or waiting for a retry when the drain stopped
     reasons: list[str] = field(default_factory=list)  # parked: why (most recent first)
+    next_window: float | None = None  # outside the send windows at the end: when the next opens
+
+
+def window_wait(windows: tuple[Window, ...], t: float, tz: dt.tzinfo | None = None) -> float:
+    """Seconds from `t` (epoch) until a send window is open (0 when one is). Pure but for
+    the local time zone when `tz` is None."""
+    if not windows:
+        return 0.0
+    moment = dt.datetime.fromtimestamp(t, tz)
+    if is_open(windows, moment):
+        return 0.0
+    return max(1.0, next_open(windows, moment).timestamp() - t)
 
 
 def drain(
@@ -41,11 +55,16 @@ def drain(
     now: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[DrainResult], None] | None = None,
+    windows: tuple[Window, ...] = (),
+    tz: dt.tzinfo | None = None,
 ) -> DrainResult:
     """Send until nothing is pending for `destination` (or `deadline`, a `now()` time, passes).
 
     Waits for retries when everything left is failing; the breaker stops hammering a
-    destination that fails batch after batch.
+    destination that fails batch after batch. With `windows` (local times of day, in `tz`;
+    None: the system's zone), nothing is sent outside them: the drain waits for the next
+    window (or stops at the deadline, reporting it in `next_window`). A batch started inside
+    a window is finished.
     """
     breaker = breaker or CircuitBreaker()
     result = DrainResult()
@@ -54,6 +73,21 @@ def drain(
         t = now()
         if deadline is not None and t >= deadline:
             break
+        closed = window_wait(windows, t, tz)
+        if closed > 0:
+            if outbox.pending(name)[0] == 0:
+                break
+            result.next_window = t + closed
+            LOGGER.info(
+                "%s: outside the send windows; next opens at %s",
+                name,
+                dt.datetime.fromtimestamp(t + closed, tz).isoformat(timespec="minutes"),
+            )
+            if deadline is not None and t + closed >= deadline:
+                break  # nothing may be sent before the deadline: say when, do not wait
+            sleep(closed)
+            continue
+        result.next_window = None
         if not breaker.allow(t):
             wake = breaker.retry_at() or t + 1.0
             sleep(max(0.0, min(wake, deadline or wake) - t))
