@@ -58,6 +58,7 @@ class Health:
     ingest_paused: str = ""  # why, when the disk is above its high-water mark
     settling: int = 0  # slides seen but not yet finished (or not yet queued)
     scans: int = 0
+    broken: dict[str, str] = field(default_factory=dict)  # destination -> why it cannot start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def beat(self, stage: str) -> None:
@@ -296,7 +297,13 @@ class Daemon:
         policy = RetryPolicy(base_s=self.config.retry_base_s, ceiling_s=self.config.retry_ceiling_s)
         breaker = CircuitBreaker(cooldown_s=min(60.0, self.config.retry_ceiling_s))
         with Outbox(self.database, policy=policy) as outbox:
-            destination = factory.build(dest_config)
+            try:
+                destination = factory.build(dest_config)
+                windows = factory.windows(dest_config)
+            except cfg.ConfigError as exc:  # e.g. a credentials file missing: the others go on
+                LOGGER.error("destination %s cannot start: %s", dest_config.name, exc)
+                self.health.broken[dest_config.name] = str(exc)
+                return
             try:
                 while not self.stop.is_set():
                     self.health.beat(stage)
@@ -312,6 +319,7 @@ class Daemon:
                         breaker=breaker,
                         deadline=time.time() + FORWARD_SLICE_S,
                         sleep=nap,
+                        windows=windows,
                     )
                     if result.batches == 0:
                         self.stop.wait(0.5)
