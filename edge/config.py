@@ -109,6 +109,17 @@ class Worklist:
 
 
 @dataclass(frozen=True)
+class Audit:
+    """The audit trail's export as DICOM audit messages over syslog-TLS (`[audit]`)."""
+
+    syslog: str = ""  # collector HOST:PORT (RFC 5425 TLS; empty: the trail stays local)
+    tls_ca_file: str = ""  # CA bundle that signed the collector's certificate
+    tls_cert_file: str = ""  # our certificate, when the collector wants mutual TLS (PEM)
+    tls_key_file: str = ""  # its private key (PEM, readable only by edge)
+    source_id: str = ""  # AuditSourceID in each message (default: the host name)
+
+
+@dataclass(frozen=True)
 class Storage:
     """Local data (`[storage]`); state_dir itself is Config.state_dir."""
 
@@ -150,6 +161,7 @@ class Config:
     web: Web = field(default_factory=Web)  # [web]
     receiver: Receiver = field(default_factory=Receiver)  # [receiver]
     worklist: Worklist = field(default_factory=Worklist)  # [worklist]
+    audit: Audit = field(default_factory=Audit)  # [audit]
 
     @property
     def slides_dir(self) -> Path:
@@ -198,6 +210,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         "web",
         "receiver",
         "worklist",
+        "audit",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -273,6 +286,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         web=_web(data.get("web", {}), f"{source}: [web]"),
         receiver=_receiver(data.get("receiver", {}), f"{source}: [receiver]"),
         worklist=_worklist(data.get("worklist", {}), f"{source}: [worklist]"),
+        audit=_audit(data.get("audit", {}), f"{source}: [audit]"),
         state_dir=Path(_typed(storage_where, storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
@@ -413,6 +427,17 @@ def _worklist(table: dict[str, Any], where: str) -> Worklist:
     if values["host"] and not 0 < values["port"] < 65536:
         raise ConfigError(f"{where}: port {values['port']} is not 1..65535")
     return Worklist(**values)
+
+
+def _audit(table: dict[str, Any], where: str) -> Audit:
+    values = _section(Audit, table, where)
+    if values["syslog"]:
+        host, _, port = values["syslog"].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: syslog must be HOST:PORT, found {values['syslog']!r}")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError(f"{where}: tls_cert_file and tls_key_file go together")
+    return Audit(**values)
 
 
 def _analysis(table: dict[str, Any], where: str) -> Analysis:

@@ -19,10 +19,13 @@ by SOP Instance UID, so a slide converted twice is sent once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +34,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from edge import __version__
 from edge import config as cfg
+from edge.audit.syslog import Collector, export
+from edge.audit.trail import record
 from edge.errors import InputError
 from edge.forward import factory
 from edge.forward.worker import drain
@@ -40,7 +46,7 @@ from edge.ingest.watch import Settler, scan
 from edge.jobs import JobStore, job_counts
 from edge.outbox.queries import OutboxReader
 from edge.outbox.retry import CircuitBreaker, RetryPolicy
-from edge.outbox.schema import DATABASE, connect
+from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
 from edge.pipeline import Stopping, boost, process
 
@@ -134,6 +140,8 @@ class Daemon:
                 self.stop.wait(0.5)
         finally:
             self._notify("STOPPING=1")
+            with JobStore(self.database) as jobs:  # before the exporter's last round
+                jobs.audit("stop", detail=f"exit {code}")
             self.stop.set()
             self.wake.set()
             if self.receiver is not None:
@@ -142,6 +150,22 @@ class Daemon:
                 thread.join(timeout=60)
         LOGGER.info("edge stopped")
         return code
+
+    def _audit_start(self) -> None:
+        """A start record with the configuration's fingerprint; a different fingerprint from
+        the last start is a configuration change (who made it is the OS's to record)."""
+        digest = hashlib.sha256(repr(self.config).encode()).hexdigest()[:16]
+        conn = connect(self.database, readonly=True)
+        try:
+            row = conn.execute(
+                "SELECT detail FROM audit WHERE action = 'start' ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            conn.close()
+        with JobStore(self.database) as jobs:
+            if row is not None and not str(row[0]).endswith(f"config {digest}"):
+                jobs.audit("config-change", detail=f"config {digest}")
+            jobs.audit("start", detail=f"edge {__version__}, config {digest}")
 
     def _prepare(self) -> None:
         for folder in (self.config.state_dir, self.config.slides_dir):
@@ -153,6 +177,7 @@ class Daemon:
             resent = outbox.recover()
         if recovered or resent:
             LOGGER.info("recovered after a stop: %d job(s), %d delivery(ies)", recovered, resent)
+        self._audit_start()
         for watched in self.config.ingest.watch:
             if not Path(watched).is_dir():
                 LOGGER.warning("watch folder %s does not exist (yet); will keep looking", watched)
@@ -175,6 +200,8 @@ class Daemon:
             self._spawn(f"convert-{n + 1}", self._convert)
         for dest in self.config.destinations:
             self._spawn(f"forward-{dest.name}", self._forward, dest)
+        if self.config.audit.syslog:
+            self._spawn("audit", self._export_audit)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         def guarded() -> None:
@@ -321,10 +348,54 @@ class Daemon:
                         sleep=nap,
                         windows=windows,
                     )
+                    if result.delivered or result.parked:
+                        self._audit_sends(outbox, dest_config.name, result.delivered, result.parked)
                     if result.batches == 0:
                         self.stop.wait(0.5)
             finally:
                 destination.close()
+
+    @staticmethod
+    def _audit_sends(outbox: Outbox, destination: str, delivered: int, parked: int) -> None:
+        with outbox.transaction() as conn:
+            if delivered:
+                record(conn, "send", destination=destination, detail=f"{delivered} instance(s)")
+            if parked:
+                record(
+                    conn,
+                    "park",
+                    outcome="failure",
+                    destination=destination,
+                    detail=f"{parked} instance(s) parked",
+                )
+
+    def _export_audit(self) -> None:
+        settings = self.config.audit
+        host, _, port = settings.syslog.rpartition(":")
+        collector = Collector(
+            host, int(port), settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
+        )
+        source = settings.source_id or socket.gethostname()
+        conn = open_database(self.database)
+        failing = False
+        try:
+            while not self.stop.is_set():
+                self.health.beat("audit")
+                try:
+                    while export(conn, collector, source):
+                        pass
+                    if failing:
+                        LOGGER.info("audit collector %s reachable again", collector.name)
+                    failing = False
+                except (OSError, ssl.SSLError) as exc:
+                    if not failing:
+                        LOGGER.warning("audit collector %s: %s (will retry)", collector.name, exc)
+                    failing = True
+                self.stop.wait(5.0)
+            with contextlib.suppress(OSError, ssl.SSLError):
+                export(conn, collector, source)  # the stop record, if the collector is there
+        finally:
+            conn.close()
 
     # ---- housekeeping and status ----
 
@@ -348,6 +419,9 @@ class Daemon:
         retention_s = self.config.storage.retention_days * 86400.0
         with Outbox(self.database) as outbox:
             removed = outbox.purge_delivered(retention_s)
+            if removed:
+                with outbox.transaction() as conn:
+                    record(conn, "delete", detail=f"{len(removed)} delivered file(s), retention")
         for folder in {p.parent for p in removed}:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: the QC folder and reports stay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -54,6 +55,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     one.add_argument("id", type=int)
     again = jobs_actions.add_parser("retry", help="run a failed or quarantined job again")
     again.add_argument("ids", nargs="+", type=int)
+
+    audit = sub.add_parser("audit", help="the audit trail: who did what, when")
+    _config_option(audit)
+    audit.add_argument("--job", type=int, help="only this job's records")
+    audit.add_argument("--limit", type=int, default=200)
+    audit.add_argument("--json", action="store_true")
 
     house = sub.add_parser(
         "housekeeping", help="remove delivered files past retention (the timer runs it)"
@@ -195,13 +202,48 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     return EXIT_FAIL
                 print(json.dumps(found, indent=2))
             else:
-                missing = [i for i in args.ids if not jobs.retry(i)]
+                actor = f"{getpass.getuser()} (edge jobs)"
+                missing = [i for i in args.ids if not jobs.retry(i, actor=actor)]
                 if missing:
                     print(f"edge jobs: not failed or quarantined: {missing}", file=sys.stderr)
                     return EXIT_FAIL
     except EdgeError as exc:
         print(f"edge jobs: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime as dt
+
+    from edge.audit.trail import records
+    from edge.outbox.schema import DATABASE, connect
+
+    try:
+        config, _ = load_config(args)
+        path = config.state_dir / DATABASE
+        if not path.exists():
+            print(f"edge audit: no state database at {path}", file=sys.stderr)
+            return EXIT_FAIL
+        conn = connect(path, readonly=True)
+        try:
+            rows = records(conn, limit=args.limit, job_id=args.job)
+        finally:
+            conn.close()
+    except EdgeError as exc:
+        print(f"edge audit: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return EXIT_OK
+    for r in rows:
+        when = dt.datetime.fromtimestamp(r.at).isoformat(sep=" ", timespec="seconds")
+        job = f"job {r.job_id}" if r.job_id is not None else ""
+        print(
+            f"{when} {r.actor:<20} {r.action:<13} {r.outcome:<7} {job:<9} "
+            f"{r.destination} {r.detail}"
+        )
     return EXIT_OK
 
 
@@ -219,6 +261,7 @@ def cmd_housekeeping(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "audit": cmd_audit,
     "run": cmd_run,
     "config": cmd_config,
     "jobs": cmd_jobs,

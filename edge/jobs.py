@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.audit.trail import SYSTEM, record
 from edge.outbox.schema import open_database
 
 JOB_STATES = ("queued", "running", "done", "failed", "quarantined")
@@ -96,6 +97,7 @@ class JobStore:
                 return None
             job_id = int(cursor.lastrowid or 0)
             self._event(job_id, "found", source.name, at)
+            record(conn, "ingest", job_id=job_id, detail=source.suffix.lower(), at=at)
         return job_id
 
     def fingerprints(self) -> set[str]:
@@ -153,6 +155,7 @@ class JobStore:
                 ),
             )
             self._event(job_id, "done", result.verdict or "converted", at)
+            record(conn, "analyse", job_id=job_id, detail=result.verdict or "converted", at=at)
 
     def quarantine(self, job_id: int, reason: str, now: float | None = None) -> None:
         """The input itself is bad (unreadable, unsupported): never retried automatically."""
@@ -184,8 +187,11 @@ class JobStore:
                 (state, reason, at, at if state != "queued" else None, job_id),
             )
             self._event(job_id, state, reason, at)
+            if state in ("quarantined", "failed"):
+                action = "quarantine" if state == "quarantined" else "fail"
+                record(conn, action, outcome="failure", job_id=job_id, detail=reason, at=at)
 
-    def retry(self, job_id: int, now: float | None = None) -> bool:
+    def retry(self, job_id: int, now: float | None = None, actor: str = SYSTEM) -> bool:
         """A person asks for a failed or quarantined job to run again."""
         at = time.time() if now is None else now
         with self._write() as conn:
@@ -196,6 +202,7 @@ class JobStore:
             )
             if cursor.rowcount:
                 self._event(job_id, "retry", "asked for", at)
+                record(conn, "retry", actor=actor, job_id=job_id, at=at)
         return bool(cursor.rowcount)
 
     def recover(self, now: float | None = None) -> int:
@@ -206,6 +213,11 @@ class JobStore:
                 "UPDATE jobs SET state = 'queued', updated_at = ? WHERE state = 'running'", (at,)
             )
         return int(cursor.rowcount)
+
+    def audit(self, action: str, **fields: Any) -> None:
+        """One audit record in its own transaction (edge.audit.trail.record's fields)."""
+        with self._write() as conn:
+            record(conn, action, **fields)
 
     def get(self, job_id: int) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -97,6 +97,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN note TEXT NOT NULL DEFAULT ''
     """,
+    # 4: the audit trail (who did what, when, to which slide), append-only, and how far each
+    # syslog collector has received it.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('success', 'failure')),
+        job_id INTEGER,
+        destination TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_job ON audit(job_id);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TABLE audit_export (
+        collector TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -157,6 +180,18 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
         raise DatabaseCorrupt(path, "; ".join(rows[:5]))
 
 
+def _statements(script: str) -> list[str]:
+    """Split a script into statements; a trigger's body keeps its inner semicolons."""
+    found, buffer = [], ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                found.append(buffer.strip())
+            buffer = ""
+    return found
+
+
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
     """Run the migrations not yet applied, each in its own transaction; return the version.
 
@@ -174,9 +209,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
             if version == len(MIGRATIONS):
                 conn.execute("COMMIT")
                 return version
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(MIGRATIONS[version]):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:
