@@ -31,6 +31,8 @@ from edge import __version__
 from edge.analysis.cli import COMMANDS as ANALYSIS_COMMANDS
 from edge.analysis.cli import add_parsers as add_analysis_parsers
 from edge.convert import ConvertOptions, ConvertResult, convert, output_name
+from edge.deid.cli import COMMANDS as DEID_COMMANDS
+from edge.deid.cli import add_parsers as add_deid_parsers
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
@@ -124,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     _synth_parser(sub)
     add_send_parsers(sub)
     add_analysis_parsers(sub)
+    add_deid_parsers(sub)
     return parser
 
 
@@ -541,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "queue": cmd_queue,
     }
     commands.update(ANALYSIS_COMMANDS)
+    commands.update(DEID_COMMANDS)
     return commands[args.command](args)
 
 

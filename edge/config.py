@@ -40,6 +40,10 @@ class Destination:
     tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
     tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
     tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
+    deidentify: str = (
+        ""  # "" sends identified data; "basic": PS3.15 basic profile (docs/privacy.md)
+    )
+    deidentify_options: tuple[str, ...] = ()  # with deidentify: options, e.g. retain-modified-dates
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,13 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """De-identification (`[privacy]`)."""
+
+    secret_file: str = ""  # site secret for pseudonyms and UIDs (mode 600; never logged)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: outbox database, work files
     batch_size: int = 20  # [forward] batch_size: instances per association / request
@@ -67,6 +78,7 @@ class Config:
     retry_ceiling_s: float = 3600.0  # [forward] retry_ceiling_s: longest retry delay
     destinations: tuple[Destination, ...] = field(default_factory=tuple)
     analysis: Analysis = field(default_factory=Analysis)  # [analysis]
+    privacy: Privacy = field(default_factory=Privacy)  # [privacy]
 
     def destination(self, name: str) -> Destination:
         for dest in self.destinations:
@@ -99,7 +111,7 @@ def load(path: Path) -> Config:
 
 
 def parse(data: dict[str, Any], source: str = "config") -> Config:
-    known = {"storage", "forward", "destination", "analysis"}
+    known = {"storage", "forward", "destination", "analysis", "privacy"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(known)}")
@@ -138,6 +150,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             tls_ca_file=_typed(where, table, "tls_ca_file", str, ""),
             tls_cert_file=_typed(where, table, "tls_cert_file", str, ""),
             tls_key_file=_typed(where, table, "tls_key_file", str, ""),
+            **_deidentify(where, name, table),
         )
         if kind == "stowrs" and not dest.url.startswith(("http://", "https://")):
             raise ConfigError(f"{where} ({name}): a stowrs destination needs an http(s) url")
@@ -153,8 +166,10 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             raise ConfigError(f"{where} ({name}): called_aet must be 1..16 characters")
         dests.append(dest)
     analysis = _analysis(data.get("analysis", {}), f"{source}: [analysis]")
+    privacy = _privacy(data.get("privacy", {}), f"{source}: [privacy]", dests)
     return Config(
         analysis=analysis,
+        privacy=privacy,
         state_dir=Path(_typed(f"{source}: [storage]", storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
@@ -190,3 +205,39 @@ def _analysis(table: dict[str, Any], where: str) -> Analysis:
     if values["threads"] < 0:
         raise ConfigError(f"{where}: threads must be 0 (one per core) or more")
     return Analysis(**values)
+
+
+def _deidentify(where: str, name: str, table: dict[str, Any]) -> dict[str, Any]:
+    from edge.deid.policy import DeidError, check_options, check_profile
+
+    profile = _typed(where, table, "deidentify", str, "")
+    options = _typed(where, table, "deidentify_options", list, [])
+    try:
+        if profile:
+            check_profile(profile, f"{where} ({name}): deidentify")
+        if options and not profile:
+            raise DeidError(f'{where} ({name}): deidentify_options needs deidentify = "basic"')
+        if not all(isinstance(o, str) for o in options):
+            raise DeidError(f"{where} ({name}): deidentify_options must be a list of names")
+        checked = check_options(options, f"{where} ({name}): deidentify_options")
+    except DeidError as exc:
+        raise ConfigError(str(exc)) from exc
+    return {"deidentify": profile, "deidentify_options": checked}
+
+
+def _privacy(table: dict[str, Any], where: str, dests: list[Destination]) -> Privacy:
+    from edge.secrets import SecretError, read_secret
+
+    extra = sorted(set(table) - set(Privacy.__dataclass_fields__))
+    if extra:
+        raise ConfigError(f"{where}: unknown setting(s) {extra}; expected secret_file")
+    secret_file = _typed(where, table, "secret_file", str, "")
+    needing = [d.name for d in dests if d.deidentify]
+    if needing and not secret_file:
+        raise ConfigError(f"{where}: secret_file is required: {needing} de-identify")
+    if secret_file:
+        try:
+            read_secret(Path(secret_file), f"{where} secret_file")  # checked now, read when used
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+    return Privacy(secret_file=secret_file)
