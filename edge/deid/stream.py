@@ -87,6 +87,28 @@ def read_header(src: Path, fh: BinaryIO) -> tuple[Dataset, int]:
     return ds, offset
 
 
+def _needs_pixels(ds: Dataset) -> bool:
+    """pydicom stops quietly at the end of a short file; an image (or segmentation) without
+    pixel data is a file cut short, not an instance to send."""
+    name = UID(str(ds.get("SOPClassUID", ""))).name
+    return "Rows" in ds or "Image Storage" in name or "Segmentation" in name
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """The last element read holds fewer bytes than its header announced."""
+    if not len(ds):
+        return True
+    last = ds.get_item(max(ds.keys()))
+    declared = getattr(last, "length", None)
+    value = getattr(last, "value", None)
+    return (
+        isinstance(declared, int)
+        and declared != 0xFFFFFFFF
+        and isinstance(value, bytes)
+        and len(value) < declared
+    )
+
+
 def pixel_end(src: Path, fh: BinaryIO, offset: int, size: int, implicit: bool) -> int:
     """Where the pixel data element ends; CorruptInput when the file stops short of it.
 
@@ -181,7 +203,9 @@ def deidentify_file(src: Path, dst: Path, policy: Policy, secret: bytes) -> Path
         implicit = syntax == _IMPLICIT_LE
         end = pixel_end(src, fh, offset, size, implicit)
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            raise CorruptInput(src, "no SOP Class UID or SOP Instance UID")
+            raise CorruptInput(src, "truncated or damaged: no SOP Class or SOP Instance UID")
+        if end == offset == size and (_needs_pixels(ds) or _cut_short(ds)):
+            raise CorruptInput(src, f"truncated: the file ends after {size} bytes of header")
         try:
             deidentify_dataset(ds, policy, secret)
             header = encode_header(ds, _file_meta(ds, syntax), implicit)
