@@ -441,3 +441,62 @@ def test_profile_rows_are_real_attributes() -> None:
     assert profile.resolve("X/Z/D", 0x00081070, True) == "Z"
     assert profile.resolve("X/D", 0x00080021, True) == "X"
     assert profile.action(0x00080020, frozenset({"dates"})) == "C"
+
+
+def _handmade() -> Dataset:
+    """A header with what the generic rules must catch, some of it nested."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.PatientName = "Doe^John"
+    ds.PatientID = "123456"
+    ds.StudyDate = "20240229"
+    ds.AcquisitionDateTime = "20240229101112+0100"
+    ds.DateOfLastCalibration = "20231231"  # not in the table: a date
+    ds.CommentsOnTheScheduledProcedureStep = "call Mrs Doe"  # not in the table: free text
+    ds.PatientSpeciesDescription = "homo sapiens"  # not in the table: text in group 0010
+    ds.CreatorVersionUID = "1.2.3.99"  # not in the table: a UID
+    ds.add_new(0x00090010, "LO", "ACME private")
+    ds.add_new(0x00091001, "LT", "John Doe, ward 3")
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 8)
+    path = Dataset()
+    path.OpticalPathIdentifier = "1"
+    path.ReviewerName = "Nurse^Ratched"  # a person's name, nested and not in our rows
+    path.add_new(0x00291001, "LO", "nested private")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ref.ReferencedSOPInstanceUID = "1.2.3.4.6"
+    path.SourceImageSequence = [ref]
+    ds.OpticalPathSequence = [path]
+    return ds
+
+
+def test_generic_rules_reach_nested_items() -> None:
+    from edge.deid.transform import deidentify_dataset
+
+    ds = deidentify_dataset(_handmade(), policy(), SECRET)
+    assert not any(e.tag.is_private for e in _walk(ds)) and 0x60003000 not in ds
+    for keyword in ("DateOfLastCalibration", "CommentsOnTheScheduledProcedureStep",
+                    "PatientSpeciesDescription"):  # fmt: skip
+        assert keyword not in ds
+    assert ds.StudyDate == "" and ds.AcquisitionDateTime == DUMMY["DT"]
+    assert ds.CreatorVersionUID == keyed.new_uid(SECRET, "1.2.3.99")
+    item = ds.OpticalPathSequence[0]
+    assert item.ReviewerName == ""
+    ref = item.SourceImageSequence[0]
+    assert ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.6"  # standard: kept
+    assert ref.ReferencedSOPInstanceUID == keyed.new_uid(SECRET, "1.2.3.4.6")
+    assert ds.PatientID == keyed.pseudonym(SECRET, "patient", "PatientID=123456", 20)
+
+
+def test_dates_shift_together_and_stay_valid() -> None:
+    from edge.deid.transform import deidentify_dataset
+
+    ds = deidentify_dataset(_handmade(), policy("basic", ("retain-modified-dates",)), SECRET)
+    days = keyed.day_offset(SECRET, "PatientID=123456")
+    assert -3652 <= days <= -366
+    assert ds.StudyDate == keyed.shift_da("20240229", days) != "20240229"
+    assert ds.DateOfLastCalibration == keyed.shift_da("20231231", days)
+    assert ds.AcquisitionDateTime == keyed.shift_da("20240229", days) + "101112+0100"
+    assert keyed.shift_da("20240230", days) == "" and keyed.shift_da("2024", days) == ""
+    assert keyed.shift_dt("", days) == ""

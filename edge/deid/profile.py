@@ -5,7 +5,7 @@ it, `option=action`. Actions: D dummy value, Z empty, X remove, K keep, C clean,
 compound ones (X/Z, Z/D, X/Z/D, X/D, X/Z/U*) are resolved by `resolve` below.
 
 The rows are the attributes of the standard table that occur in whole-slide, SEG and SR
-instances and the common patient, study, visit, equipment and request attributes (RT, GPS
+instances, GPS, and the common patient, study, visit, equipment and request attributes (RT
 and other modality-specific rows are left out: such attributes fall under the generic rules
 in edge.deid.transform). Rows marked `edge` are not in Table E.1-1 and are ours, stricter.
 
@@ -134,6 +134,38 @@ _TABLE = """
 0016004F LensMake X device=K
 00160050 LensModel X device=K
 00160051 LensSerialNumber X device=K
+00160070 GPSVersionID X
+00160071 GPSLatitudeRef X
+00160072 GPSLatitude X
+00160073 GPSLongitudeRef X
+00160074 GPSLongitude X
+00160075 GPSAltitudeRef X
+00160076 GPSAltitude X
+00160077 GPSTimeStamp X
+00160078 GPSSatellites X
+00160079 GPSStatus X
+0016007A GPSMeasureMode X
+0016007B GPSDOP X
+0016007C GPSSpeedRef X
+0016007D GPSSpeed X
+0016007E GPSTrackRef X
+0016007F GPSTrack X
+00160080 GPSImgDirectionRef X
+00160081 GPSImgDirection X
+00160082 GPSMapDatum X
+00160083 GPSDestLatitudeRef X
+00160084 GPSDestLatitude X
+00160085 GPSDestLongitudeRef X
+00160086 GPSDestLongitude X
+00160087 GPSDestBearingRef X
+00160088 GPSDestBearing X
+00160089 GPSDestDistanceRef X
+0016008A GPSDestDistance X
+0016008B GPSProcessingMethod X
+0016008C GPSAreaInformation X
+0016008D GPSDateStamp X dates=C
+0016008E GPSDifferential X
+00180010 ContrastBolusAgent Z/D desc=C
 00181000 DeviceSerialNumber X/Z/D device=K
 00181002 DeviceUID U uids=K device=K
 00181004 PlateID X device=K
@@ -146,7 +178,9 @@ _TABLE = """
 00181030 ProtocolName X/D desc=C
 00181400 AcquisitionDeviceProcessingDescription X/D desc=C
 00184000 AcquisitionComments X desc=C
+001811BB AcquisitionFieldOfViewLabel D desc=C
 0018700A DetectorID X/D device=K
+00189424 AcquisitionProtocolDescription X desc=C
 00189516 StartAcquisitionDateTime X/D dates=C
 00189517 EndAcquisitionDateTime X/D dates=C
 00189937 RequestedSeriesDescription X desc=C
