@@ -236,8 +236,15 @@ def _privacy(table: dict[str, Any], where: str, dests: list[Destination]) -> Pri
     if needing and not secret_file:
         raise ConfigError(f"{where}: secret_file is required: {needing} de-identify")
     if secret_file:
+        from edge.deid.keyed import MIN_SECRET_BYTES
+
         try:
-            read_secret(Path(secret_file), f"{where} secret_file")  # checked now, read when used
+            secret = read_secret(Path(secret_file), f"{where} secret_file")  # read again when used
         except SecretError as exc:
             raise ConfigError(str(exc)) from exc
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{where}: {secret_file} holds {len(secret)} bytes; at least {MIN_SECRET_BYTES} "
+                "are needed (head -c 32 /dev/urandom > FILE)"
+            )
     return Privacy(secret_file=secret_file)

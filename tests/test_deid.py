@@ -396,8 +396,17 @@ def test_config_deidentify_and_privacy(tmp_path: Path) -> None:
     no_secret = {"destination": data["destination"]}
     with pytest.raises(ConfigError, match=r"secret_file is required.*research"):
         parse(no_secret, "edge.toml")
+    from edge.deid.site import destination_policy, site_secret
+
+    assert destination_policy(config.destination("pacs")) is None
+    chosen = destination_policy(config.destination("cloud"))
+    assert chosen is not None and chosen.has("retain-uids")
+    assert site_secret(config) == b"0123456789abcdef0123"
     secret.chmod(0o644)
     with pytest.raises(ConfigError, match=r"site-secret has mode 0644"):
+        parse(data, "edge.toml")
+    _secret_file(tmp_path, 0o600, b"too short")
+    with pytest.raises(ConfigError, match=r"site-secret holds 9 bytes; at least 16"):
         parse(data, "edge.toml")
 
 
@@ -500,3 +509,29 @@ def test_dates_shift_together_and_stay_valid() -> None:
     assert ds.AcquisitionDateTime == keyed.shift_da("20240229", days) + "101112+0100"
     assert keyed.shift_da("20240230", days) == "" and keyed.shift_da("2024", days) == ""
     assert keyed.shift_dt("", days) == ""
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_native_pixel_data_implicit_and_explicit(syntax: str, tmp_path: Path) -> None:
+    """Uncompressed instances (a defined-length pixel data element), in both VR encodings."""
+    ds = _handmade()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 16, 24, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    ds.PixelData = np.random.default_rng(1).integers(0, 255, (16, 24), np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    src = tmp_path / "native.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    out = deidentify_file(src, tmp_path / "out.dcm", policy(), SECRET)
+    assert out is not None
+    result = pydicom.dcmread(out)
+    assert result.file_meta.TransferSyntaxUID == syntax
+    assert result.PixelData == ds.PixelData
+    assert np.array_equal(result.pixel_array, ds.pixel_array)
+    assert str(result.PatientName).startswith("ANON^") and 0x00091001 not in result
+    short = tmp_path / "short.dcm"
+    short.write_bytes(src.read_bytes()[:-10])
+    with pytest.raises(CorruptInput, match=r"short\.dcm: truncated"):
+        deidentify_file(short, tmp_path / "short-out.dcm", policy(), SECRET)

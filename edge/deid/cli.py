@@ -43,16 +43,19 @@ def _settings(args: argparse.Namespace) -> tuple[Policy, bytes]:
     if args.destination:
         if args.config is None:
             raise cfg.ConfigError("--destination needs --config")
+        from edge.deid.site import destination_policy, site_secret
+
         config = cfg.load(args.config)
         dest = config.destination(args.destination)
-        if not dest.deidentify:
+        found = destination_policy(dest)
+        if found is None:
             raise cfg.ConfigError(
                 f"{args.config}: destination {dest.name!r} receives identified data "
                 "(no deidentify setting); nothing to do"
             )
-        chosen = policy(dest.deidentify, dest.deidentify_options, f"destination {dest.name}")
-        secret_file = args.secret_file or Path(config.privacy.secret_file)
-        return chosen, read_secret(secret_file, "[privacy] secret_file")
+        if args.secret_file:
+            return found, read_secret(args.secret_file, "--secret-file")
+        return found, site_secret(config)
     options = tuple(o.strip() for o in args.options.split(",") if o.strip())
     chosen = policy(args.profile, options, "--options")
     secret_file = args.secret_file
