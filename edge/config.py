@@ -220,6 +220,14 @@ def _deidentify(where: str, name: str, table: dict[str, Any]) -> dict[str, Any]:
         if not all(isinstance(o, str) for o in options):
             raise DeidError(f"{where} ({name}): deidentify_options must be a list of names")
         checked = check_options(options, f"{where} ({name}): deidentify_options")
+        if "retain-uids" in checked:
+            # The outbox keys instances by SOP Instance UID: a copy that keeps it would be
+            # taken for the identified instance, and the identified file sent instead.
+            raise DeidError(
+                f"{where} ({name}): deidentify_options: retain-uids cannot be used for a "
+                "destination (the outbox would mistake the copy for the identified instance); "
+                "it is available to `edge deidentify` only"
+            )
     except DeidError as exc:
         raise ConfigError(str(exc)) from exc
     return {"deidentify": profile, "deidentify_options": checked}

@@ -34,6 +34,7 @@ from tests.helpers import run_edge
 
 SECRET = b"site-secret-for-tests-0123456789"
 OTHER_SECRET = b"another-site-secret-9876543210xy"
+BASIC = policy().uid_namespace
 SIDECAR = {
     "PatientName": "Doe^Jane",
     "PatientID": "MRN4711-0815",
@@ -183,7 +184,7 @@ def test_deidentified_copy(name: str, slides: dict[str, Path], tmp_path: Path) -
     # Every source with a label or overview image loses it, and only it.
     has_label = name not in REAL_DICOM[1:]
     assert (len(kept) < len(sources)) == has_label
-    by_uid = {keyed.new_uid(SECRET, uid): p for uid, p in kept.items()}
+    by_uid = {keyed.new_uid(SECRET, uid, BASIC): p for uid, p in kept.items()}
     studies, series = set(), set()
     for out in written:
         ds = _read(out, pixels=True)
@@ -229,6 +230,12 @@ def test_same_secret_same_output_other_secret_other_uids(
             assert str(da.get(keyword)) != str(dc.get(keyword))
     uids = {str(_read(p).StudyInstanceUID) for p in first}
     assert len(uids) == 1 and next(iter(uids)).startswith("2.25.")
+    # Another policy makes other content, so other instance UIDs (and outbox rows); the
+    # patient pseudonym stays the same.
+    cleaned = deidentify_slide(src, tmp_path / "d", policy("basic", ("clean-descriptors",)), SECRET)
+    for a, d in zip(first, cleaned, strict=True):
+        da, dd = _read(a), _read(d)
+        assert da.SOPInstanceUID != dd.SOPInstanceUID and da.PatientID == dd.PatientID
 
 
 def test_sidecar_patient_data_is_gone(slides: dict[str, Path], tmp_path: Path) -> None:
@@ -373,7 +380,7 @@ def test_config_deidentify_and_privacy(tmp_path: Path) -> None:
                 "kind": "folder",
                 "path": "/c",
                 "deidentify": "basic",
-                "deidentify_options": ["retain-modified-dates", "retain-uids"],
+                "deidentify_options": ["retain-modified-dates", "retain-device-identity"],
             },
             {"name": "pacs", "kind": "folder", "path": "/p"},
         ],
@@ -382,12 +389,15 @@ def test_config_deidentify_and_privacy(tmp_path: Path) -> None:
     assert config.privacy.secret_file == str(secret)
     assert config.destination("cloud").deidentify_options == (
         "retain-modified-dates",
-        "retain-uids",
+        "retain-device-identity",
     )
     assert config.destination("pacs").deidentify == ""
     bad_option = json.loads(json.dumps(data))
     bad_option["destination"][1]["deidentify_options"] = ["keep-everything"]
     with pytest.raises(ConfigError, match=r"\(cloud\).*'keep-everything'.*retain-uids"):
+        parse(bad_option, "edge.toml")
+    bad_option["destination"][1]["deidentify_options"] = ["retain-uids"]
+    with pytest.raises(ConfigError, match=r"\(cloud\).*retain-uids cannot be used"):
         parse(bad_option, "edge.toml")
     bad_profile = json.loads(json.dumps(data))
     bad_profile["destination"][0]["deidentify"] = "strict"
@@ -400,7 +410,7 @@ def test_config_deidentify_and_privacy(tmp_path: Path) -> None:
 
     assert destination_policy(config.destination("pacs")) is None
     chosen = destination_policy(config.destination("cloud"))
-    assert chosen is not None and chosen.has("retain-uids")
+    assert chosen is not None and chosen.has("retain-device-identity")
     assert site_secret(config) == b"0123456789abcdef0123"
     secret.chmod(0o644)
     with pytest.raises(ConfigError, match=r"site-secret has mode 0644"):
@@ -489,12 +499,12 @@ def test_generic_rules_reach_nested_items() -> None:
                     "PatientSpeciesDescription"):  # fmt: skip
         assert keyword not in ds
     assert ds.StudyDate == "" and ds.AcquisitionDateTime == DUMMY["DT"]
-    assert ds.CreatorVersionUID == keyed.new_uid(SECRET, "1.2.3.99")
+    assert ds.CreatorVersionUID == keyed.new_uid(SECRET, "1.2.3.99", BASIC)
     item = ds.OpticalPathSequence[0]
     assert item.ReviewerName == ""
     ref = item.SourceImageSequence[0]
     assert ref.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.6"  # standard: kept
-    assert ref.ReferencedSOPInstanceUID == keyed.new_uid(SECRET, "1.2.3.4.6")
+    assert ref.ReferencedSOPInstanceUID == keyed.new_uid(SECRET, "1.2.3.4.6", BASIC)
     assert ds.PatientID == keyed.pseudonym(SECRET, "patient", "PatientID=123456", 20)
 
 

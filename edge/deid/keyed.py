@@ -20,9 +20,13 @@ def _mac(secret: bytes, label: str, value: str) -> bytes:
     return hmac.new(secret, f"{label}\x1f{value}".encode(), hashlib.sha256).digest()
 
 
-def new_uid(secret: bytes, uid: str) -> str:
-    """A "2.25." UID (PS3.5 B.2) from 128 bits of the keyed hash of the original UID."""
-    return f"2.25.{int.from_bytes(_mac(secret, 'uid', uid.strip())[:16], 'big')}"
+def new_uid(secret: bytes, uid: str, namespace: str) -> str:
+    """A "2.25." UID (PS3.5 B.2) from 128 bits of the keyed hash of the original UID.
+
+    `namespace` is the policy's (Policy.uid_namespace): copies made under two policies differ
+    in content, so they must not share a SOP Instance UID (nor an outbox row)."""
+    digest = _mac(secret, f"uid:{namespace}", uid.strip())
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def pseudonym(secret: bytes, label: str, value: str, length: int = 16) -> str:

@@ -94,6 +94,11 @@ class Policy:
     def keys(self) -> frozenset[str]:
         return frozenset(OPTIONS[name].key for name in self.options)
 
+    @property
+    def uid_namespace(self) -> str:
+        """Same policy, same new UIDs; another policy (other options), other UIDs."""
+        return ":".join([self.profile, *sorted(self.options)])
+
     def has(self, name: str) -> bool:
         return name in self.options
 

@@ -40,6 +40,7 @@ class _Context:
     secret: bytes
     keys: frozenset[str]  # profile option keys in force
     days: int | None  # date shift with retain-modified-dates, else None
+    namespace: str  # the policy's UID namespace (Policy.uid_namespace)
     masks: list[tuple[str, str]] = field(default_factory=list)  # (identifying text, stand-in)
 
 
@@ -51,6 +52,7 @@ def deidentify_dataset(ds: Dataset, policy: Policy, secret: bytes) -> Dataset:
         secret=secret,
         keys=keys,
         days=keyed.day_offset(secret, patient_key) if "dates" in keys else None,
+        namespace=policy.uid_namespace,
     )
     ctx.masks = _masks(ds, secret)
     had_patient = bool(str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or ""))
@@ -176,15 +178,12 @@ def _new_uids(elem: DataElement, ctx: _Context) -> None:
     if "uids" in ctx.keys or elem.VR != "UI" or elem.is_empty:
         return
     values = list(elem.value) if isinstance(elem.value, MultiValue | list) else [elem.value]
+    # Standard UIDs (SOP classes, transfer syntaxes, coding schemes) identify nothing.
     out = [
-        str(v) if str(v) in UID_dictionary else keyed.new_uid(ctx.secret, str(v)) for v in values
+        str(v) if str(v) in UID_dictionary else keyed.new_uid(ctx.secret, str(v), ctx.namespace)
+        for v in values
     ]
     elem.value = out if len(out) > 1 else out[0]
-
-
-def _new_uid(uid: str, secret: bytes) -> str:
-    """Standard UIDs (SOP classes, transfer syntaxes, coding schemes) identify nothing."""
-    return uid if uid in UID_dictionary else keyed.new_uid(secret, uid)
 
 
 def _cleaned(elem: DataElement, ctx: _Context) -> None:
