@@ -54,7 +54,7 @@ def deidentify_dataset(ds: Dataset, policy: Policy, secret: bytes) -> Dataset:
         days=keyed.day_offset(secret, patient_key) if "dates" in keys else None,
         namespace=policy.uid_namespace,
     )
-    ctx.masks = _masks(ds, secret)
+    ctx.masks = _masks(ds, secret, keyed.pseudonym(secret, "patient", patient_key, 20))
     had_patient = bool(str(ds.get("PatientID", "") or "") or str(ds.get("PatientName", "") or ""))
     _clean(ds, ctx)
     if had_patient:
@@ -75,8 +75,9 @@ def _patient_key(ds: Dataset) -> str:
     return ""
 
 
-def _masks(ds: Dataset, secret: bytes) -> list[tuple[str, str]]:
-    """Identifying text of this instance and what replaces it inside cleaned descriptors."""
+def _masks(ds: Dataset, secret: bytes, new_patient_id: str) -> list[tuple[str, str]]:
+    """Identifying text of this instance and what replaces it inside cleaned descriptors:
+    the patient ID its pseudonym, other identifiers theirs, names and dates `***`."""
     found: dict[str, str] = {}
 
     def add(value: object, stand_in: str) -> None:
@@ -84,7 +85,8 @@ def _masks(ds: Dataset, secret: bytes) -> list[tuple[str, str]]:
         if len(text) >= 3:
             found.setdefault(text, stand_in)
 
-    for keyword in ("PatientID", "AccessionNumber", "StudyID", "ContainerIdentifier"):
+    add(ds.get("PatientID", ""), new_patient_id)
+    for keyword in ("AccessionNumber", "StudyID", "ContainerIdentifier"):
         add(ds.get(keyword, ""), keyed.pseudonym(secret, IDENTIFIER, str(ds.get(keyword, ""))))
     for keyword in ("OtherPatientIDs", "BarcodeValue", "PatientBirthDate", "IssuerOfPatientID"):
         add(ds.get(keyword, ""), "***")
