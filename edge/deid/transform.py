@@ -106,7 +106,7 @@ def _clean(ds: Dataset, ctx: _Context) -> None:
         if elem.tag.is_private or _curve_or_overlay(group):
             del ds[elem.tag]
             continue
-        chosen = profile.action(tag, ctx.keys) or _generic(elem, ctx)
+        chosen = profile.action(tag, ctx.keys) or generic_action(elem, ctx.keys)
         chosen = profile.resolve(chosen, tag, not elem.is_empty)
         if chosen == "X":
             del ds[elem.tag]
@@ -128,19 +128,19 @@ def _curve_or_overlay(group: int) -> bool:
     return group & 1 == 0 and (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E)
 
 
-def _generic(elem: DataElement, ctx: _Context) -> str:
-    """The action for an attribute the table does not list."""
+def generic_action(elem: DataElement, keys: frozenset[str]) -> str:
+    """The action for an attribute the table does not list (`keys`: option keys in force)."""
     vr, group = elem.VR, int(elem.tag) >> 16
     if vr == "UI":
-        return "K" if "uids" in ctx.keys else "U"
+        return "K" if "uids" in keys else "U"
     if vr == "PN":
         return "Z"
     if vr in ("DA", "DT", "TM"):
-        return "C" if "dates" in ctx.keys else "X"
+        return "C" if "dates" in keys else "X"
     if int(elem.tag) in _SAFE_TEXT:
         return "K"
     if vr in _FREE_TEXT or (vr in _SHORT_TEXT and group in _PATIENT_STUDY_GROUPS):
-        return "C" if "desc" in ctx.keys else "X"
+        return "C" if "desc" in keys else "X"
     return "K"
 
 
