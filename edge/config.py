@@ -40,10 +40,8 @@ class Destination:
     tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
     tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
     tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
-    deidentify: str = (
-        ""  # "" sends identified data; "basic": PS3.15 basic profile (docs/privacy.md)
-    )
-    deidentify_options: tuple[str, ...] = ()  # with deidentify: options, e.g. retain-modified-dates
+    deidentify: str = ""  # "": identified data; "basic": PS3.15 basic profile (docs/privacy.md)
+    deidentify_options: tuple[str, ...] = ()  # e.g. ["retain-modified-dates"] (docs/privacy.md)
 
 
 @dataclass(frozen=True)

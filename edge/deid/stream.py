@@ -280,7 +280,9 @@ def _one(src: Path, folder: Path, policy: Policy, secret: bytes) -> Path | None:
         ds = dcmread(fh, stop_before_pixels=True)
     final = folder / output_name(src, ds)
     if final.exists():
-        raise CorruptInput(src, f"a second instance with SOP Instance UID of {final.name}")
+        raise CorruptInput(
+            src, f"another file of the slide has the same SOP Instance UID ({final.name})"
+        )
     made.rename(final)
     return final
 
