@@ -4,6 +4,7 @@ data, checked with dciodvfy, OpenSlide and a walk over every element against the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -592,3 +593,34 @@ def test_every_attribute_met_has_a_reviewed_decision(slides: dict[str, Path]) ->
                     kept.add(elem.keyword or str(elem.tag))
     assert kept - REVIEWED_KEEP == set(), "kept without review"
     assert len(kept) > 50  # the walk did reach the files
+
+
+@pytest.mark.integration
+def test_orthanc_stores_the_deidentified_slide(slides: dict[str, Path], tmp_path: Path) -> None:
+    """A real PACS (Orthanc, over STOW-RS) takes every de-identified instance, unchanged, as
+    one pseudonymous patient, study and series."""
+    from edge.forward.protocol import Verdict
+    from edge.forward.stowrs import StowRsDestination
+    from tests.orthanc import orthanc_server
+    from tests.test_forward import item_for
+
+    written = deidentify_slide(slides["synthetic"], tmp_path / "out", policy(), SECRET)
+    items = [item_for(path, number) for number, path in enumerate(written, start=1)]
+    with orthanc_server(tmp_path / "orthanc") as server:
+        dest = StowRsDestination("orthanc", server.dicomweb_url)
+        outcomes = dest.send(items)
+        dest.close()
+        assert {o.verdict for o in outcomes} == {Verdict.DELIVERED}, outcomes
+        assert sorted(server.instances()) == sorted(i.sop_instance_uid for i in items)
+        for item in items:
+            assert (
+                pydicom.dcmread(item.path).PixelData
+                == pydicom.dcmread(io.BytesIO(server.file(item.sop_instance_uid))).PixelData
+            )
+        with server.client() as client:
+            patients = client.get("/patients", params={"expand": "1"}).json()
+            studies = client.get("/studies").json()
+            series = client.get("/series").json()
+    assert len(patients) == len(studies) == len(series) == 1
+    tags = patients[0]["MainDicomTags"]
+    assert tags["PatientName"].startswith("ANON^") and "Doe" not in json.dumps(patients)
