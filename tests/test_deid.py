@@ -624,3 +624,24 @@ def test_orthanc_stores_the_deidentified_slide(slides: dict[str, Path], tmp_path
     assert len(patients) == len(studies) == len(series) == 1
     tags = patients[0]["MainDicomTags"]
     assert tags["PatientName"].startswith("ANON^") and "Doe" not in json.dumps(patients)
+
+
+@pytest.mark.parametrize("name", ["synthetic", REAL_DICOM[0]])
+def test_keep_label_blanked(name: str, slides: dict[str, Path], tmp_path: Path) -> None:
+    src_dir = _source(slides, name)
+    chosen = policy("basic", ("keep-label-blanked",))
+    written = deidentify_slide(src_dir, tmp_path / "out", chosen, SECRET)
+    labels = [p for p in written if _read(p).ImageType[2] == "LABEL"]
+    sources = [
+        p for p in src_dir.glob("*.dcm") if _read(p).get("ImageType", [""] * 3)[2] == "LABEL"
+    ]
+    assert len(labels) == len(sources) == 1
+    label, source = _read(labels[0], pixels=True), _read(sources[0], pixels=True)
+    assert (label.pixel_array == 255).all() and not (source.pixel_array == 255).all()
+    assert (label.Rows, label.Columns) == (source.Rows, source.Columns)
+    assert label.get("BarcodeValue", "") == "" and label.get("LabelText", "") == ""
+    assert label.BurnedInAnnotation == "NO"
+    assert "113101" in [item.CodeValue for item in label.DeidentificationMethodCodeSequence]
+    assert not [p for p in written if _read(p).ImageType[2] == "OVERVIEW"]
+    before = {_kind(line) for line in _errors(sources[0])}
+    assert [line for line in _errors(labels[0]) if _kind(line) not in before] == []

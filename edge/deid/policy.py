@@ -73,6 +73,13 @@ OPTIONS: dict[str, Option] = {
             "keep sex, age, size and weight",
         ),
         Option(
+            "keep-label-blanked",
+            "",
+            "113101",
+            "Clean Pixel Data Option",
+            "keep the label image with every pixel white (default: drop it)",
+        ),
+        Option(
             "retain-institution-identity",
             "inst",
             "113112",

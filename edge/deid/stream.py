@@ -25,6 +25,7 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.uid import UID
 
+from edge.deid.blank import is_label, write_blank_label
 from edge.deid.keyed import MIN_SECRET_BYTES, pseudonym
 from edge.deid.policy import DeidError, Policy
 from edge.deid.transform import deidentify_dataset
@@ -43,7 +44,7 @@ _UNSUPPORTED_SYNTAXES = {
 }
 # Kinds of image that show the slide label: dropped, since the pixels are not de-identified.
 DROPPED_KINDS = ("LABEL", "OVERVIEW")
-_OUR_NAMES = re.compile(r"(level-\d+|thumbnail)\.dcm")
+_OUR_NAMES = re.compile(r"(level-\d+|thumbnail|label)\.dcm")
 
 
 def check_secret(secret: bytes) -> None:
@@ -197,7 +198,8 @@ def deidentify_file(src: Path, dst: Path, policy: Policy, secret: bytes) -> Path
     with fh:
         size = os.fstat(fh.fileno()).st_size
         ds, offset = read_header(src, fh)
-        if drop_reason(ds):
+        blank = policy.has("keep-label-blanked") and is_label(ds)
+        if drop_reason(ds) and not blank:
             return None
         syntax = str(ds.file_meta.TransferSyntaxUID)
         implicit = syntax == _IMPLICIT_LE
@@ -208,6 +210,9 @@ def deidentify_file(src: Path, dst: Path, policy: Policy, secret: bytes) -> Path
             raise CorruptInput(src, f"truncated: the file ends after {size} bytes of header")
         try:
             deidentify_dataset(ds, policy, secret)
+            if blank:
+                write_blank_label(ds, dst)
+                return dst
             header = encode_header(ds, _file_meta(ds, syntax), implicit)
         except (ValueError, TypeError, OverflowError, struct.error) as exc:
             raise CorruptInput(src, f"the de-identified header cannot be written: {exc}") from exc
