@@ -100,16 +100,22 @@ def _masks(ds: Dataset, secret: bytes, new_patient_id: str) -> list[tuple[str, s
 
 
 def _clean(ds: Dataset, ctx: _Context) -> None:
-    for elem in list(ds):
-        tag = int(elem.tag)
-        group = tag >> 16
-        if elem.tag.is_private or _curve_or_overlay(group):
-            del ds[elem.tag]
+    # Decided on tag and VR from the raw element where possible: converting every value of a
+    # sparse slide's 100,000 per-frame items would take seconds and change nothing.
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if tag.is_private or _curve_or_overlay(tag.group):
+            del ds[tag]
             continue
-        chosen = profile.action(tag, ctx.keys) or generic_action(elem, ctx.keys)
-        chosen = profile.resolve(chosen, tag, not elem.is_empty)
+        # Implicit VR and UN elements get their dictionary VR from the conversion.
+        vr = raw.VR if raw is not None and raw.VR not in (None, "UN") else ds[tag].VR
+        chosen = profile.action(int(tag), ctx.keys) or generic_action(int(tag), vr, ctx.keys)
+        if chosen == "K" and vr != "SQ":
+            continue
+        elem = ds[tag]
+        chosen = profile.resolve(chosen, int(tag), not elem.is_empty)
         if chosen == "X":
-            del ds[elem.tag]
+            del ds[tag]
         elif chosen == "Z":
             _empty(elem)
         elif chosen == "D":
@@ -128,16 +134,16 @@ def _curve_or_overlay(group: int) -> bool:
     return group & 1 == 0 and (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E)
 
 
-def generic_action(elem: DataElement, keys: frozenset[str]) -> str:
+def generic_action(tag: int, vr: str, keys: frozenset[str]) -> str:
     """The action for an attribute the table does not list (`keys`: option keys in force)."""
-    vr, group = elem.VR, int(elem.tag) >> 16
+    group = tag >> 16
     if vr == "UI":
         return "K" if "uids" in keys else "U"
     if vr == "PN":
         return "Z"
     if vr in ("DA", "DT", "TM"):
         return "C" if "dates" in keys else "X"
-    if int(elem.tag) in _SAFE_TEXT:
+    if tag in _SAFE_TEXT:
         return "K"
     if vr in _FREE_TEXT or (vr in _SHORT_TEXT and group in _PATIENT_STUDY_GROUPS):
         return "C" if "desc" in keys else "X"
