@@ -475,6 +475,7 @@ def _handmade() -> Dataset:
     ds.DateOfLastCalibration = "20231231"  # not in the table: a date
     ds.CommentsOnTheScheduledProcedureStep = "call Mrs Doe"  # not in the table: free text
     ds.PatientSpeciesDescription = "homo sapiens"  # not in the table: text in group 0010
+    ds.ContainerIdentifier = ""  # D, but nothing to stand in for: stays empty
     ds.CreatorVersionUID = "1.2.3.99"  # not in the table: a UID
     ds.add_new(0x00090010, "LO", "ACME private")
     ds.add_new(0x00091001, "LT", "John Doe, ward 3")
@@ -500,6 +501,7 @@ def test_generic_rules_reach_nested_items() -> None:
                     "PatientSpeciesDescription"):  # fmt: skip
         assert keyword not in ds
     assert ds.StudyDate == "" and ds.AcquisitionDateTime == DUMMY["DT"]
+    assert ds.ContainerIdentifier == ""
     assert ds.CreatorVersionUID == keyed.new_uid(SECRET, "1.2.3.99", BASIC)
     item = ds.OpticalPathSequence[0]
     assert item.ReviewerName == ""

@@ -166,6 +166,8 @@ def _empty(elem: DataElement) -> None:
 
 def _dummy(elem: DataElement, ctx: _Context) -> None:
     vr = elem.VR
+    if elem.is_empty and vr != "SQ":
+        return  # nothing to stand in for: a made-up value would only look like data
     if vr == "SQ":
         _items(elem, ctx)
     elif vr == "UI":
