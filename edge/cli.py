@@ -33,6 +33,8 @@ from edge.analysis.cli import add_parsers as add_analysis_parsers
 from edge.convert import ConvertOptions, ConvertResult, convert, output_name
 from edge.daemon_cli import COMMANDS as DAEMON_COMMANDS
 from edge.daemon_cli import add_parsers as add_daemon_parsers
+from edge.deid.cli import COMMANDS as DEID_COMMANDS
+from edge.deid.cli import add_parsers as add_deid_parsers
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
@@ -127,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     add_send_parsers(sub)
     add_analysis_parsers(sub)
     add_daemon_parsers(sub)
+    add_deid_parsers(sub)
     return parser
 
 
@@ -545,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     commands.update(ANALYSIS_COMMANDS)
     commands.update(DAEMON_COMMANDS)
+    commands.update(DEID_COMMANDS)
     return commands[args.command](args)
 
 

@@ -53,6 +53,8 @@ class Destination:
     aws_service: str = "medical-imaging"  # stowrs aws-sigv4: the service name signed for
     max_bytes_per_s: int = 0  # all kinds: bandwidth cap in bytes per second (0: unlimited)
     send_windows: tuple[str, ...] = ()  # all kinds: local "HH:MM-HH:MM" times to send (): always
+    deidentify: str = ""  # "": identified data; "basic": PS3.15 basic profile (docs/privacy.md)
+    deidentify_options: tuple[str, ...] = ()  # e.g. ["retain-modified-dates"] (docs/privacy.md)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,13 @@ class Web:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """De-identification (`[privacy]`)."""
+
+    secret_file: str = ""  # site secret for pseudonyms and UIDs (mode 600; never logged)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: state database, work files
     batch_size: int = 20  # [forward] batch_size: instances per association / request
@@ -162,6 +171,7 @@ class Config:
     receiver: Receiver = field(default_factory=Receiver)  # [receiver]
     worklist: Worklist = field(default_factory=Worklist)  # [worklist]
     audit: Audit = field(default_factory=Audit)  # [audit]
+    privacy: Privacy = field(default_factory=Privacy)  # [privacy]
 
     @property
     def slides_dir(self) -> Path:
@@ -211,6 +221,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         "receiver",
         "worklist",
         "audit",
+        "privacy",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -259,6 +270,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             aws_service=_typed(where, table, "aws_service", str, "medical-imaging"),
             max_bytes_per_s=_typed(where, table, "max_bytes_per_s", int, 0),
             send_windows=_windows(f"{where} ({name})", table),
+            **_deidentify(where, name, table),
         )
         dest = _auth(f"{where} ({name})", dest)
         if dest.max_bytes_per_s < 0:
@@ -287,6 +299,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         receiver=_receiver(data.get("receiver", {}), f"{source}: [receiver]"),
         worklist=_worklist(data.get("worklist", {}), f"{source}: [worklist]"),
         audit=_audit(data.get("audit", {}), f"{source}: [audit]"),
+        privacy=_privacy(data.get("privacy", {}), f"{source}: [privacy]", dests),
         state_dir=Path(_typed(storage_where, storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
@@ -448,3 +461,54 @@ def _analysis(table: dict[str, Any], where: str) -> Analysis:
     if values["threads"] < 0:
         raise ConfigError(f"{where}: threads must be 0 (one per core) or more")
     return Analysis(**values)
+
+
+def _deidentify(where: str, name: str, table: dict[str, Any]) -> dict[str, Any]:
+    from edge.deid.policy import DeidError, check_options, check_profile
+
+    profile = _typed(where, table, "deidentify", str, "")
+    options = _typed(where, table, "deidentify_options", list, [])
+    try:
+        if profile:
+            check_profile(profile, f"{where} ({name}): deidentify")
+        if options and not profile:
+            raise DeidError(f'{where} ({name}): deidentify_options needs deidentify = "basic"')
+        if not all(isinstance(o, str) for o in options):
+            raise DeidError(f"{where} ({name}): deidentify_options must be a list of names")
+        checked = check_options(options, f"{where} ({name}): deidentify_options")
+        if "retain-uids" in checked:
+            # The outbox keys instances by SOP Instance UID: a copy that keeps it would be
+            # taken for the identified instance, and the identified file sent instead.
+            raise DeidError(
+                f"{where} ({name}): deidentify_options: retain-uids cannot be used for a "
+                "destination (the outbox would mistake the copy for the identified instance); "
+                "it is available to `edge deidentify` only"
+            )
+    except DeidError as exc:
+        raise ConfigError(str(exc)) from exc
+    return {"deidentify": profile, "deidentify_options": checked}
+
+
+def _privacy(table: dict[str, Any], where: str, dests: list[Destination]) -> Privacy:
+    from edge.secrets import SecretError, read_secret
+
+    extra = sorted(set(table) - set(Privacy.__dataclass_fields__))
+    if extra:
+        raise ConfigError(f"{where}: unknown setting(s) {extra}; expected secret_file")
+    secret_file = _typed(where, table, "secret_file", str, "")
+    needing = [d.name for d in dests if d.deidentify]
+    if needing and not secret_file:
+        raise ConfigError(f"{where}: secret_file is required: {needing} de-identify")
+    if secret_file:
+        from edge.deid.keyed import MIN_SECRET_BYTES
+
+        try:
+            secret = read_secret(Path(secret_file), f"{where} secret_file")  # read again when used
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{where}: {secret_file} holds {len(secret)} bytes; at least {MIN_SECRET_BYTES} "
+                "are needed (head -c 32 /dev/urandom > FILE)"
+            )
+    return Privacy(secret_file=secret_file)
