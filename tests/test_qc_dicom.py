@@ -32,7 +32,7 @@ from edge.dicom.seg import SEG_CLASSES, LevelHeader, choose_level, resample_mask
 from edge.errors import InputError
 from edge.outbox.header import read_header
 from edge.outbox.priority import RESULT, THUMBNAIL, instance_priority
-from tests.conftest import dcentvfy_errors, dciodvfy_errors
+from tests.conftest import dcentvfy_errors, dciodvfy_errors, real_file
 from tests.helpers import run_edge
 from tests.orthanc import Orthanc, orthanc
 
@@ -60,9 +60,10 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Converted]:
     result = analyse_path(slide, AnalysisOptions(backend="ort-cpu"))
     assert result.available, result.unavailable
     folder = Path(convert(slide, root / "out").output)
-    report = write_outputs(result, root / "out" / "pen.qc", slide.name)
+    write_outputs(result, root / "out" / "pen.qc", slide.name)
+    report = json.loads((root / "out" / "pen.qc" / "report.json").read_text())
     written = write_qc_objects(result, folder)
-    yield Converted(slide, folder, result, json.loads(json.dumps(report)), written)
+    yield Converted(slide, folder, result, report, written)
 
 
 def _ds(path: Path) -> Dataset:
@@ -279,6 +280,42 @@ def test_convert_analyse_writes_them_with_the_same_uids_every_run(
         report = json.loads((out / "pen.qc" / "report.json").read_text())
         assert report["classes"] == kit.report["classes"]
     assert uids[0] == uids[1] == [_ds(p).SOPInstanceUID for p in kit.written]
+
+
+def test_convert_analyse_without_models_writes_the_sr_alone(kit: Converted, tmp_path: Path) -> None:
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    out = tmp_path / "out"
+    done = run_edge(
+        "convert", str(kit.slide), "-o", str(out), "--analyse", "--models-dir", str(empty),
+        "--backend", "ort-cpu", "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = out / "pen"
+    assert not (folder / SEG_NAME).exists()
+    assert dciodvfy_errors(folder / SR_NAME) == []
+    sr = hd.sr.srread(folder / SR_NAME)
+    reasons = _texts(sr.ContentSequence, "REASON")
+    assert len(reasons) == 1 and reasons[0].startswith("QC unavailable: model focus")
+    report = json.loads((out / "pen.qc" / "report.json").read_text())
+    assert reasons == report["reasons"]
+
+
+def test_real_svs_seg_equals_its_masks(tmp_path: Path) -> None:
+    """A real Aperio file (CMU-1-Small-Region, 0.499 µm/px): the mosaic (8x, 278 x 371) and
+    the generated 8x level have the same size, and the SEG on it is the masks unchanged."""
+    slide = real_file("aperio-svs/CMU-1-Small-Region.svs")
+    result = analyse_path(slide, AnalysisOptions(backend="ort-cpu"))
+    assert result.available and result.findings is not None and result.geometry is not None
+    folder = Path(convert(slide, tmp_path).output)
+    seg_path, sr_path = write_qc_objects(result, folder)
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    assert dcentvfy_errors(sorted(folder.glob("*.dcm"))) == []
+    matrix = hd.seg.segread(seg_path).get_total_pixel_matrix(combine_segments=False)
+    assert matrix.shape[:2] == result.geometry.mosaic_shape == (371, 278)
+    masks = {"tissue": result.findings.tissue, **result.findings.masks}
+    for i, kind in enumerate(SEG_CLASSES):
+        assert np.array_equal(matrix[..., i].astype(bool), masks[kind]), kind
 
 
 def test_uids_follow_the_series_and_the_models() -> None:
