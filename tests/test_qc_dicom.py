@@ -7,6 +7,7 @@ with regions); the shipped models run on ONNX Runtime's CPU backend.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -280,6 +281,25 @@ def test_convert_analyse_writes_them_with_the_same_uids_every_run(
         report = json.loads((out / "pen.qc" / "report.json").read_text())
         assert report["classes"] == kit.report["classes"]
     assert uids[0] == uids[1] == [_ds(p).SOPInstanceUID for p in kit.written]
+
+
+def test_nothing_found_keeps_every_frame(kit: Converted, tmp_path: Path) -> None:
+    """No tissue and no findings (all masks empty): a valid SEG of empty segments."""
+    folder = tmp_path / "slide"
+    shutil.copytree(kit.folder, folder)
+    assert kit.result.findings is not None
+    found = dataclasses.replace(
+        kit.result.findings,
+        tissue=np.zeros_like(kit.result.findings.tissue),
+        masks={k: np.zeros_like(m) for k, m in kit.result.findings.masks.items()},
+    )
+    result = dataclasses.replace(kit.result, findings=found)
+    seg_path, sr_path = write_qc_objects(result, folder)
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg = hd.seg.segread(seg_path)
+    tiles = (1500 + 255) // 256 * ((1000 + 255) // 256)
+    assert seg.NumberOfFrames == tiles * len(SEG_CLASSES)
+    assert not seg.get_total_pixel_matrix(combine_segments=False).any()
 
 
 def test_convert_analyse_without_models_writes_the_sr_alone(kit: Converted, tmp_path: Path) -> None:

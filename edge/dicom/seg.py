@@ -156,6 +156,7 @@ def build_segmentation(
 ) -> hd.seg.Segmentation:
     """The SEG of every class on `source`'s total pixel matrix (see the module docstring)."""
     pixels = level_masks(masks, downsample, base, source)
+    found = bool(pixels.any())
     try:
         seg = hd.seg.Segmentation(
             source_images=[source.dataset],
@@ -173,9 +174,11 @@ def build_segmentation(
             content_description="QC: tissue and artifacts found by the edge appliance",
             content_label="EDGE_QC",
             tile_pixel_array=True,
-            # Only frames holding a segment are written (TILED_SPARSE); a slide with
-            # nothing found at all keeps every frame, as a SEG needs at least one.
-            omit_empty_frames=bool(pixels.any()),
+            # Only frames holding a segment are written (TILED_SPARSE, each frame with
+            # its position); a slide with nothing found at all keeps every frame, as a
+            # SEG needs frames. (highdicom's TILED_FULL fails dciodvfy: no Plane Position
+            # in the shared groups.)
+            omit_empty_frames=found,
         )
     except (ValueError, TypeError) as exc:
         raise OutputError(f"{source.path}: cannot build the QC segmentation on it: {exc}") from exc

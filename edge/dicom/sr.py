@@ -164,6 +164,23 @@ def _class_group(
     )
 
 
+def _specimen_subject(level0: Dataset) -> hd.sr.SubjectContext | None:
+    """The slide's specimen as the SR's subject; None when the WSI does not describe one
+    (a folder from another converter)."""
+    specimens = level0.get("SpecimenDescriptionSequence") or []
+    if not specimens or not specimens[0].get("SpecimenUID"):
+        return None
+    specimen = specimens[0]
+    return hd.sr.SubjectContext(
+        subject_class=codes.DCM.Specimen,
+        subject_class_specific_context=hd.sr.SubjectContextSpecimen(
+            uid=specimen.SpecimenUID,
+            identifier=str(specimen.get("SpecimenIdentifier", "")) or None,
+            container_identifier=str(level0.get("ContainerIdentifier", "")) or None,
+        ),
+    )
+
+
 def build_sr(
     report: dict[str, Any], focus: dict[str, float], inputs: SrInputs
 ) -> hd.sr.ComprehensiveSR:
@@ -183,19 +200,10 @@ def build_sr(
             serial_number=inputs.equipment["serial"],
         ),
     )
-    specimen = level0.SpecimenDescriptionSequence[0]
-    subject = hd.sr.SubjectContext(
-        subject_class=codes.DCM.Specimen,
-        subject_class_specific_context=hd.sr.SubjectContextSpecimen(
-            uid=specimen.SpecimenUID,
-            identifier=str(specimen.SpecimenIdentifier),
-            container_identifier=str(level0.ContainerIdentifier),
-        ),
-    )
     try:
         measurement_report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(
-                observer_device_context=observer, subject_context=subject
+                observer_device_context=observer, subject_context=_specimen_subject(level0)
             ),
             procedure_reported=qc_codes.WSI_PROCEDURE,
             imaging_measurements=groups,
