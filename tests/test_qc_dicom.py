@@ -24,11 +24,14 @@ import pytest
 from pydicom.dataset import Dataset
 
 from edge.analysis.api import analyse_path, unavailable
+from edge.analysis.geojson import mask_polygons
 from edge.analysis.outputs import write_outputs
+from edge.analysis.qc import QC_CLASSES
 from edge.analysis.run import AnalysisOptions, AnalysisResult
 from edge.convert import convert
 from edge.dicom import qc_codes
-from edge.dicom.results import SEG_NAME, SR_NAME, qc_uids, write_qc_objects
+from edge.dicom.ann import slide_mapping
+from edge.dicom.results import ANN_NAME, SEG_NAME, SR_NAME, qc_uids, write_qc_objects
 from edge.dicom.seg import SEG_CLASSES, LevelHeader, choose_level, resample_mask
 from edge.errors import InputError
 from edge.outbox.header import read_header
@@ -96,21 +99,23 @@ def _texts(items: Any, code: str) -> list[str]:
 
 
 def test_writes_seg_and_sr_that_dciodvfy_and_dcentvfy_accept(kit: Converted) -> None:
-    assert kit.written == [kit.folder / SEG_NAME, kit.folder / SR_NAME]
+    assert kit.written == [kit.folder / SEG_NAME, kit.folder / SR_NAME, kit.folder / ANN_NAME]
     for path in kit.written:
         assert dciodvfy_errors(path) == [], path
     everything = sorted(kit.folder.glob("*.dcm"))
     assert len(everything) >= 6
     assert dcentvfy_errors(everything) == []
-    seg, sr = _ds(kit.written[0]), _ds(kit.written[1])
+    seg, sr, ann = (_ds(path) for path in kit.written)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert ann.SOPClassUID == "1.2.840.10008.5.1.4.1.1.91.1"
     level0 = _ds(kit.folder / "level-00.dcm")
-    for ds in (seg, sr):
+    for ds in (seg, sr, ann):
         assert ds.StudyInstanceUID == level0.StudyInstanceUID
         assert ds.SeriesInstanceUID != level0.SeriesInstanceUID
         assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99EDGE"
     assert seg.FrameOfReferenceUID == level0.FrameOfReferenceUID
+    assert ann.FrameOfReferenceUID == level0.FrameOfReferenceUID
 
 
 # ---- the SEG: on a written level, equal to the analysis masks ------------------------------
@@ -235,17 +240,61 @@ def test_sr_names_models_backend_and_every_instance(kit: Converted) -> None:
     assert sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
 
 
+# ---- the bulk annotations: one polygon per artifact region ---------------------------------
+
+
+def test_ann_outlines_every_artifact_region(kit: Converted) -> None:
+    ann = hd.ann.annread(kit.written[2])
+    assert ann.AnnotationCoordinateType == "3D"
+    findings, geometry = kit.result.findings, kit.result.geometry
+    assert findings is not None and geometry is not None
+    level0 = _ds(kit.folder / "level-00.dcm")
+    to_slide = slide_mapping(level0)
+    # Pixel centres land where highdicom puts them (its indices count from the centre of
+    # the top-left pixel; ours from its corner).
+    centres = np.array([[0, 0], [17, 3], [5999, 3999], [100, 2500]])
+    reference = hd.spatial.PixelToReferenceTransformer.for_image(
+        level0, for_total_pixel_matrix=True
+    )
+    assert np.allclose(to_slide(centres + 0.5), reference(centres), atol=1e-9)
+    # back from slide mm to level-0 px: the mapping is affine (origin + x*ex + y*ey)
+    origin = to_slide(np.zeros((1, 2)))[0]
+    ex, ey = (
+        to_slide(np.array([[1.0, 0.0]]))[0] - origin,
+        to_slide(np.array([[0.0, 1.0]]))[0] - origin,
+    )
+    basis = np.stack([ex, ey], axis=1)
+    groups = {g.label: g for g in ann.get_annotation_groups()}
+    found = [k for k in QC_CLASSES if findings.masks[k].any()]
+    assert sorted(groups) == sorted(qc_codes.CLASS_LABELS[k] for k in found)
+    assert "pen" in found
+    for kind in found:
+        group = groups[qc_codes.CLASS_LABELS[kind]]
+        assert group.annotated_property_type.value == qc_codes.CLASS_TYPES[kind].value
+        polygons = mask_polygons(findings.masks[kind], geometry.mosaic_downsample)
+        assert (
+            group.number_of_annotations == len(polygons) == kit.report["classes"][kind]["regions"]
+        )
+        for outline, polygon in zip(group.get_graphic_data("3D"), polygons, strict=True):
+            pixels, *_ = np.linalg.lstsq(basis, (outline - origin).T, rcond=None)
+            assert np.allclose(pixels.T, np.asarray(polygon[0][:-1]), atol=1e-3), kind
+        (names, values, units) = group.get_measurements()
+        assert [n.meaning for n in names] == ["Area"] and units[0].value == "mm2"
+        total = float(values[:, 0].sum())
+        assert abs(total - kit.report["classes"][kind]["area_mm2"]) <= 0.0005 * len(polygons) + 1e-6
+
+
 # ---- QC unavailable, re-runs, bad folders ---------------------------------------------------
 
 
 def test_qc_unavailable_writes_the_sr_alone(kit: Converted, tmp_path: Path) -> None:
     folder = tmp_path / "slide"
-    shutil.copytree(kit.folder, folder)  # holds an older run's SEG, which must go
-    assert (folder / SEG_NAME).exists()
+    shutil.copytree(kit.folder, folder)  # holds an older run's SEG and ANN, which must go
+    assert (folder / SEG_NAME).exists() and (folder / ANN_NAME).exists()
     result = unavailable("model focus: no model.onnx in models/focus")
     written = write_qc_objects(result, folder)
     assert written == [folder / SR_NAME]
-    assert not (folder / SEG_NAME).exists()
+    assert not (folder / SEG_NAME).exists() and not (folder / ANN_NAME).exists()
     assert dciodvfy_errors(written[0]) == []
     assert dcentvfy_errors(sorted(folder.glob("*.dcm"))) == []
     sr = hd.sr.srread(written[0])
@@ -276,8 +325,9 @@ def test_convert_analyse_writes_them_with_the_same_uids_every_run(
         assert done.returncode == 0, done.stderr
         qc = json.loads(done.stdout)["converted"][0]["qc"]
         folder = out / "pen"
-        assert qc["dicom"] == [str(folder / SEG_NAME), str(folder / SR_NAME)]
-        uids.append([_ds(folder / name).SOPInstanceUID for name in (SEG_NAME, SR_NAME)])
+        names = (SEG_NAME, SR_NAME, ANN_NAME)
+        assert qc["dicom"] == [str(folder / name) for name in names]
+        uids.append([_ds(folder / name).SOPInstanceUID for name in names])
         report = json.loads((out / "pen.qc" / "report.json").read_text())
         assert report["classes"] == kit.report["classes"]
     assert uids[0] == uids[1] == [_ds(p).SOPInstanceUID for p in kit.written]
@@ -294,7 +344,8 @@ def test_nothing_found_keeps_every_frame(kit: Converted, tmp_path: Path) -> None
         masks={k: np.zeros_like(m) for k, m in kit.result.findings.masks.items()},
     )
     result = dataclasses.replace(kit.result, findings=found)
-    seg_path, sr_path = write_qc_objects(result, folder)
+    seg_path, sr_path = write_qc_objects(result, folder)  # no regions: no ANN
+    assert not (folder / ANN_NAME).exists()
     assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
     seg = hd.seg.segread(seg_path)
     tiles = (1500 + 255) // 256 * ((1000 + 255) // 256)
@@ -328,8 +379,9 @@ def test_real_svs_seg_equals_its_masks(tmp_path: Path) -> None:
     result = analyse_path(slide, AnalysisOptions(backend="ort-cpu"))
     assert result.available and result.findings is not None and result.geometry is not None
     folder = Path(convert(slide, tmp_path).output)
-    seg_path, sr_path = write_qc_objects(result, folder)
-    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg_path, sr_path, ann_path = write_qc_objects(result, folder)
+    for path in (seg_path, sr_path, ann_path):
+        assert dciodvfy_errors(path) == [], path
     assert dcentvfy_errors(sorted(folder.glob("*.dcm"))) == []
     matrix = hd.seg.segread(seg_path).get_total_pixel_matrix(combine_segments=False)
     assert matrix.shape[:2] == result.geometry.mosaic_shape == (371, 278)
@@ -450,7 +502,7 @@ def test_orthanc_serves_seg_and_sr_with_the_slide(
     assert done.returncode == 0, done.stderr
     files = sorted(kit.folder.glob("*.dcm"))
     assert json.loads(done.stdout)["delivered"] == len(files)
-    seg, sr = _ds(kit.written[0]), _ds(kit.written[1])
+    seg, sr, ann = (_ds(path) for path in kit.written)
     study = seg.StudyInstanceUID
     with httpx.Client(base_url=orthanc.dicomweb_url, timeout=30) as web:
         found = web.get(f"/studies/{study}/series", headers={"Accept": "application/dicom+json"})
@@ -460,8 +512,9 @@ def test_orthanc_serves_seg_and_sr_with_the_slide(
             _ds(kit.folder / "level-00.dcm").SeriesInstanceUID: "SM",
             seg.SeriesInstanceUID: "SEG",
             sr.SeriesInstanceUID: "SR",
+            ann.SeriesInstanceUID: "ANN",
         }
-        for ds, path in ((seg, kit.written[0]), (sr, kit.written[1])):
+        for ds, path in zip((seg, sr, ann), kit.written, strict=True):
             listed = web.get(
                 f"/studies/{study}/series/{ds.SeriesInstanceUID}/instances",
                 headers={"Accept": "application/dicom+json"},
@@ -477,10 +530,9 @@ def test_orthanc_serves_seg_and_sr_with_the_slide(
             theirs = pydicom.dcmread(__import__("io").BytesIO(part))
             assert theirs.SOPInstanceUID == ds.SOPInstanceUID
             ours = pydicom.dcmread(path)
-            if "PixelData" in ours:
-                assert theirs.PixelData == ours.PixelData
-            else:
-                assert theirs.ContentSequence == ours.ContentSequence
+            for keyword in ("PixelData", "ContentSequence", "AnnotationGroupSequence"):
+                if keyword in ours:
+                    assert theirs[keyword] == ours[keyword], keyword
 
 
 def _single_part(response: httpx.Response) -> bytes:

@@ -1,15 +1,16 @@
 """QC results beside the slide as standard DICOM: one call for the CLI and the daemon.
 
-    paths = write_qc_objects(result, slide_dir)   # [slide_dir/qc-seg.dcm, slide_dir/qc-sr.dcm]
+    paths = write_qc_objects(result, slide_dir)   # qc-seg.dcm, qc-sr.dcm[, qc-ann.dcm]
 
 reads the WSI headers of the converted slide folder (no pixels), lays the QC masks on one of
 its levels as a Segmentation (edge.dicom.seg), writes the verdict and numbers as a structured
-report (edge.dicom.sr) that references the WSI instances and the SEG, and writes both
-atomically. QC unavailable: the SR alone (verdict "review" and the reason).
+report (edge.dicom.sr) that references the WSI instances and the SEG, and the artifact
+regions' outlines as Microscopy Bulk Simple Annotations (edge.dicom.ann), each atomically.
+QC unavailable: the SR alone (verdict "review" and the reason).
 
 UIDs are fixed by the slide's WSI series, so a re-run (after a crash, a second convert)
 gives the same SOP Instance UIDs and a PACS keeps one copy. The models' sha256s are part of
-the instance key: results of other models are other instances, in the same two series.
+the instance key: results of other models are other instances, in the same series.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from edge import __version__
 from edge.analysis.outputs import report_dict
 from edge.analysis.run import AnalysisResult
+from edge.dicom.ann import build_annotations
 from edge.dicom.metadata import WSI_SOP_CLASS
 from edge.dicom.seg import SEG_CLASSES, LevelHeader, build_segmentation, choose_level
 from edge.dicom.sr import SrInputs, build_sr, focus_statistics
@@ -37,13 +39,14 @@ from edge.fileio import write_atomic
 LOGGER = logging.getLogger(__name__)
 SEG_NAME = "qc-seg.dcm"
 SR_NAME = "qc-sr.dcm"
+ANN_NAME = "qc-ann.dcm"
 
 
 def read_slide_folder(slide_dir: Path) -> tuple[list[LevelHeader], list[Dataset]]:
     """(VOLUME levels largest first, every WSI image of the level-0 series) of a folder."""
     headers: list[LevelHeader] = []
     for path in sorted(slide_dir.glob("*.dcm")):
-        if path.name in (SEG_NAME, SR_NAME):
+        if path.name in (SEG_NAME, SR_NAME, ANN_NAME):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -72,10 +75,13 @@ def qc_uids(series_uid: str, models: list[dict[str, str]], root: str) -> dict[st
         "sr_series": make_uid(root, series_uid, "qc-sr-series"),
         "seg": make_uid(root, series_uid, "qc-seg", shas),
         "sr": make_uid(root, series_uid, "qc-sr", shas),
+        "ann_series": make_uid(root, series_uid, "qc-ann-series"),
+        "ann": make_uid(root, series_uid, "qc-ann", shas),
         "device": make_uid(root, "edge appliance", platform.node()),
     }
     for kind in ("slide", *SEG_CLASSES):
         uids[f"track-{kind}"] = make_uid(root, series_uid, "qc-tracking", kind)
+        uids[f"ann-group-{kind}"] = make_uid(root, series_uid, "qc-ann-group", kind)
     return uids
 
 
@@ -100,7 +106,8 @@ def _encode(ds: Dataset, what: Path) -> bytes:
 def write_qc_objects(
     result: AnalysisResult, slide_dir: Path, uid_root: str = DEFAULT_ROOT
 ) -> list[Path]:
-    """Write slide_dir/qc-seg.dcm (when QC ran) and slide_dir/qc-sr.dcm; return their paths.
+    """Write slide_dir/qc-seg.dcm (when QC ran), slide_dir/qc-sr.dcm and, when artifacts
+    were found, slide_dir/qc-ann.dcm (their outlines); return the paths, in that order.
 
     Raises InputError when slide_dir holds no WSI level (or one of another size than the
     analysed slide) and OutputError when an object cannot be built or written."""
@@ -160,4 +167,23 @@ def write_qc_objects(
     write_atomic(sr_path, _encode(sr, sr_path))
     written.append(sr_path)
     LOGGER.info("QC report written: %s (verdict %s)", sr_path, result.verdict)
+    ann_path = slide_dir / ANN_NAME
+    ann = None
+    if seg is not None and result.geometry is not None and result.findings is not None:
+        ann = build_annotations(
+            level0.dataset,
+            result.findings.masks,
+            result.geometry.mosaic_downsample,
+            result.geometry.mpp,
+            report["models"],
+            {kind: uids[f"ann-group-{kind}"] for kind in SEG_CLASSES},
+            uids["ann_series"],
+            uids["ann"],
+            equipment,
+        )
+    if ann is None:
+        ann_path.unlink(missing_ok=True)  # no regions (or no QC): an older run's would mislead
+    else:
+        write_atomic(ann_path, _encode(ann, ann_path))
+        written.append(ann_path)
     return written

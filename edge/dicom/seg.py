@@ -34,7 +34,7 @@ from edge.errors import OutputError
 MAX_SEG_PIXELS = 32 << 20  # level pixels: 7 segments of a byte each in memory while encoding
 SEG_CLASSES = ("tissue", "blur", "pen", "fold", "bubble", "debris", "edge")
 MODEL_OF = {"blur": "focus"}  # every other class comes from the artifact model
-_COLOURS = {  # display colours (sRGB) a viewer may use for each segment
+COLOURS = {  # display colours (sRGB) a viewer may use for each segment
     "tissue": (0, 170, 0),
     "blur": (0, 90, 255),
     "pen": (220, 0, 220),
@@ -92,7 +92,10 @@ def resample_mask(
     return out
 
 
-def _algorithm(kind: str, models: list[dict[str, str]]) -> hd.AlgorithmIdentificationSequence:
+def algorithm_identification(
+    kind: str, models: list[dict[str, str]]
+) -> hd.AlgorithmIdentificationSequence:
+    """The model that found `kind` (name, version, sha256) as DICOM algorithm identification."""
     wanted = MODEL_OF.get(kind, "artifact")
     model = next((m for m in models if m.get("name") == wanted), None) or {
         "name": wanted,
@@ -122,10 +125,10 @@ def segment_descriptions(
                 segmented_property_category=category,
                 segmented_property_type=qc_codes.CLASS_TYPES[kind],
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=_algorithm(kind, models),
+                algorithm_identification=algorithm_identification(kind, models),
                 tracking_id=f"edge QC {kind}",
                 tracking_uid=tracking_uids[kind],
-                display_color=hd.color.CIELabColor.from_rgb(*_COLOURS[kind]),
+                display_color=hd.color.CIELabColor.from_rgb(*COLOURS[kind]),
             )
         )
     return out
