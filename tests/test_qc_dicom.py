@@ -429,9 +429,9 @@ def test_results_are_sent_first(kit: Converted) -> None:
     for path in kit.folder.glob("*.dcm"):
         header = read_header(path)
         ranks[path.name] = instance_priority(header.sop_class_uid, header.image_type, header.pixels)
-    assert ranks[SEG_NAME] == ranks[SR_NAME] == RESULT
+    assert ranks[SEG_NAME] == ranks[SR_NAME] == ranks[ANN_NAME] == RESULT
     assert ranks["thumbnail.dcm"] == THUMBNAIL
-    assert max(ranks[SEG_NAME], ranks[SR_NAME]) < min(
+    assert max(ranks[SEG_NAME], ranks[SR_NAME], ranks[ANN_NAME]) < min(
         rank for name, rank in ranks.items() if not name.startswith("qc-")
     )
 

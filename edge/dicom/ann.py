@@ -1,10 +1,13 @@
 """The QC regions as Microscopy Bulk Simple Annotations (one group per artifact class).
 
-Each connected region of an artifact mask becomes a POLYGON in level-0 pixel coordinates
-(2D, the total pixel matrix of level 0): the exterior outline from
-edge.analysis.geojson.mask_polygons, exact along the mosaic's pixel edges. DICOM's POLYGON
-has no holes, so a region's holes are not drawn (its Area measurement still subtracts
-them). Tissue is left to the SEG: its outline is long and adds nothing a viewer needs.
+Each connected region of an artifact mask becomes a POLYGON: the exterior outline from
+edge.analysis.geojson.mask_polygons (exact along the mosaic's pixel edges, level-0 px),
+mapped into the slide coordinate system (3D, mm, z = 0) with level 0's own origin,
+orientation and spacing. 3D rather than image-relative 2D because dciodvfy (dicom3tools
+2022-06) reports an Error on highdicom's 2D groups (Common Z Coordinate Value, which they do
+not hold). DICOM's POLYGON has no holes, so a region's holes are not drawn (its Area
+measurement still subtracts them). Tissue is left to the SEG: its outline is long and adds
+nothing a viewer needs.
 """
 
 from __future__ import annotations
