@@ -28,7 +28,7 @@ from edge.analysis.geojson import mask_polygons
 from edge.analysis.outputs import write_outputs
 from edge.analysis.qc import QC_CLASSES
 from edge.analysis.run import AnalysisOptions, AnalysisResult
-from edge.convert import convert
+from edge.convert import ConvertOptions, convert
 from edge.dicom import qc_codes
 from edge.dicom.ann import slide_mapping
 from edge.dicom.results import ANN_NAME, SEG_NAME, SR_NAME, qc_uids, write_qc_objects
@@ -116,6 +116,28 @@ def test_writes_seg_and_sr_that_dciodvfy_and_dcentvfy_accept(kit: Converted) -> 
         assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99EDGE"
     assert seg.FrameOfReferenceUID == level0.FrameOfReferenceUID
     assert ann.FrameOfReferenceUID == level0.FrameOfReferenceUID
+
+
+def test_patient_and_study_travel_with_the_results(kit: Converted, tmp_path: Path) -> None:
+    sidecar = tmp_path / "pen.json"
+    patient = {
+        "PatientName": "Doe^Jane",
+        "PatientID": "P123",
+        "AccessionNumber": "A42",
+        "StudyID": "S1",
+        "StudyDescription": "Biopsy",
+    }
+    sidecar.write_text(json.dumps(patient))
+    folder = Path(convert(kit.slide, tmp_path / "out", ConvertOptions(sidecar=sidecar)).output)
+    written = write_qc_objects(kit.result, folder)
+    level0 = _ds(folder / "level-00.dcm")
+    for path in written:
+        ds = _ds(path)
+        for keyword, value in patient.items():
+            assert str(ds[keyword].value) == value, (path.name, keyword)
+        assert ds.StudyInstanceUID == level0.StudyInstanceUID
+        assert dciodvfy_errors(path) == [], path
+    assert dcentvfy_errors(sorted(folder.glob("*.dcm"))) == []
 
 
 # ---- the SEG: on a written level, equal to the analysis masks ------------------------------
