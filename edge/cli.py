@@ -351,14 +351,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 )
                 if analysis is not None:
                     from edge.analysis.outputs import write_outputs
+                    from edge.dicom.results import write_qc_objects
 
                     qc_dir = args.output / f"{output_name(slide)}.qc"
-                    report = write_outputs(analysis.result(), qc_dir, slide.name)
+                    analysed = analysis.result()
+                    report = write_outputs(analysed, qc_dir, slide.name)
                     result.qc = {
                         "verdict": report["verdict"],
                         "reasons": report["reasons"],
                         "report": str(qc_dir / "report.json"),
                     }
+                    try:  # the slide is converted: a QC object it lacks is a warning
+                        qc_files = write_qc_objects(analysed, Path(result.output), args.uid_root)
+                        result.qc["dicom"] = [str(p) for p in qc_files]
+                    except EdgeError as exc:
+                        result.warnings.append(f"QC SEG/SR not written: {exc}")
                     say(_verdict_line(slide.name, report), "bold")
             except EdgeError as exc:
                 failures.append({"source": str(slide), "error": str(exc)})
