@@ -30,7 +30,7 @@ from rich.progress import (
 from edge import __version__
 from edge.analysis.cli import COMMANDS as ANALYSIS_COMMANDS
 from edge.analysis.cli import add_parsers as add_analysis_parsers
-from edge.convert import ConvertOptions, ConvertResult, convert, output_name
+from edge.convert import ConvertOptions, ConvertResult, output_name
 from edge.daemon_cli import COMMANDS as DAEMON_COMMANDS
 from edge.daemon_cli import add_parsers as add_daemon_parsers
 from edge.deid.cli import COMMANDS as DEID_COMMANDS
@@ -38,6 +38,7 @@ from edge.deid.cli import add_parsers as add_deid_parsers
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
+from edge.pipeline import convert_and_analyse
 from edge.send import add_parsers as add_send_parsers
 from edge.send import cmd_queue, cmd_send
 from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec, check_unit
@@ -336,36 +337,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
             def show_progress(done: int, total: int, task_id: TaskID = task) -> None:
                 bar.update(task_id, completed=done, total=total)
 
-            analysis = None
-            if analysis_options is not None:
-                from edge.analysis.api import SlideAnalysis
-
-                analysis = SlideAnalysis(analysis_options)
             try:
-                result = convert(
-                    slide,
-                    args.output,
-                    options,
-                    show_progress,
-                    consumers_for=analysis.consumers if analysis else None,
+                result, report = convert_and_analyse(
+                    slide, args.output, options, analysis_options, show_progress
                 )
-                if analysis is not None:
-                    from edge.analysis.outputs import write_outputs
-                    from edge.dicom.results import write_qc_objects
-
-                    qc_dir = args.output / f"{output_name(slide)}.qc"
-                    analysed = analysis.result()
-                    report = write_outputs(analysed, qc_dir, slide.name)
-                    result.qc = {
-                        "verdict": report["verdict"],
-                        "reasons": report["reasons"],
-                        "report": str(qc_dir / "report.json"),
-                    }
-                    try:  # the slide is converted: a QC object it lacks is a warning
-                        qc_files = write_qc_objects(analysed, Path(result.output), args.uid_root)
-                        result.qc["dicom"] = [str(p) for p in qc_files]
-                    except EdgeError as exc:
-                        result.warnings.append(f"QC SEG/SR not written: {exc}")
+                if report is not None:
                     say(_verdict_line(slide.name, report), "bold")
             except EdgeError as exc:
                 failures.append({"source": str(slide), "error": str(exc)})

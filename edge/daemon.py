@@ -38,6 +38,8 @@ from edge import __version__
 from edge import config as cfg
 from edge.audit.syslog import Collector, export
 from edge.audit.trail import record
+from edge.deid import deidentify_slide
+from edge.deid.site import destination_policy, site_secret
 from edge.errors import InputError
 from edge.forward import factory
 from edge.forward.worker import drain
@@ -98,6 +100,7 @@ class Daemon:
         self.crashed: list[str] = []
         self.spool = config.state_dir / "received"  # the DICOM receiver's series folders
         self.receiver: Receiver | None = None
+        self._secret: bytes | None = None
 
     # ---- life cycle ----
 
@@ -171,6 +174,8 @@ class Daemon:
         for folder in (self.config.state_dir, self.config.slides_dir):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.state_dir, 0o700)  # patient data: the service user's only
+        if any(destination_policy(d) is not None for d in self.config.destinations):
+            self._secret = site_secret(self.config)  # fail at start, not on the first slide
         with JobStore(self.database) as jobs:
             recovered = jobs.recover()
         with Outbox(self.database) as outbox:
@@ -281,8 +286,8 @@ class Daemon:
                 started = time.monotonic()
                 try:
                     output = process(job, self.config, progress)
-                    if names and output.files:
-                        outbox.enqueue(output.files, names, f"job-{job.id}", boost(output))
+                    for targets, files in self._copies(job.id, output.files):
+                        outbox.enqueue(files, targets, f"job-{job.id}", boost(output))
                 except Stopping:
                     jobs.release(job.id)
                     LOGGER.info("job %d: back in the queue (stopping)", job.id)
@@ -308,6 +313,30 @@ class Daemon:
                     len(output.files) if names else 0,
                     ", unmatched (no patient/order data)" if output.job.unmatched else "",
                 )
+
+    def _copies(self, job_id: int, files: list[Path]) -> list[tuple[list[str], list[Path]]]:
+        """Which files go to which destinations: the identified slide to those that take it,
+        one de-identified copy per distinct policy to the others (docs/privacy.md)."""
+        if not files:
+            return []
+        plain = [d.name for d in self.config.destinations if destination_policy(d) is None]
+        found: list[tuple[list[str], list[Path]]] = [(plain, files)] if plain else []
+        groups: dict[Any, list[str]] = {}
+        for dest in self.config.destinations:
+            policy = destination_policy(dest)
+            if policy is not None:
+                groups.setdefault(policy, []).append(dest.name)
+        for policy, targets in groups.items():
+            assert self._secret is not None  # read at start whenever a policy exists
+            folder = self.config.state_dir / "deid" / f"job-{job_id:06d}"
+            copy = deidentify_slide(
+                files[0].parent,
+                folder / policy.uid_namespace.replace(":", "+"),
+                policy,
+                self._secret,
+            )
+            found.append((targets, copy))
+        return found
 
     def _quarantine_file(self, source: Path) -> None:
         target = self.config.ingest.quarantine_dir

@@ -77,14 +77,21 @@ def convert_and_analyse(
     report = None
     if session is not None:
         from edge.analysis.outputs import write_outputs
+        from edge.dicom.results import write_qc_objects
 
         qc_dir = out_root / f"{output_name(path)}.qc"
-        report = write_outputs(session.result(), qc_dir, path.name)
+        analysed = session.result()
+        report = write_outputs(analysed, qc_dir, path.name)
         result.qc = {
             "verdict": report["verdict"],
             "reasons": report["reasons"],
             "report": str(qc_dir / "report.json"),
         }
+        try:  # the slide is converted: a QC object it lacks is a warning, not a failure
+            qc_files = write_qc_objects(analysed, Path(result.output), options.uid_root)
+            result.qc["dicom"] = [str(p) for p in qc_files]
+        except EdgeError as exc:
+            result.warnings.append(f"QC SEG/SR not written: {exc}")
     return result, report
 
 

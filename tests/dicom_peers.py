@@ -57,7 +57,8 @@ class StoreScp:
         if b.status in (0x0000, 0x0111) or 0xB000 <= b.status <= 0xBFFF:
             ds = event.dataset
             with self.lock:
-                self.received[str(ds.SOPInstanceUID)] = bytes(ds.PixelData)
+                # SR and annotations have no pixels: the UID is what counts for them.
+                self.received[str(ds.SOPInstanceUID)] = bytes(ds.get("PixelData", b""))
                 self.store_uids.append(str(ds.SOPInstanceUID))
         return b.status
 
@@ -71,7 +72,11 @@ def store_scp(
     ae.require_called_aet = behaviour.require_called_aet is not None
     classes = behaviour.supported_classes
     if classes is None:
-        classes = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+        # pynetdicom's list stops at 120 classes; the appliance also sends bulk annotations.
+        classes = (
+            *(str(cx.abstract_syntax) for cx in StoragePresentationContexts),
+            "1.2.840.10008.5.1.4.1.1.91.1",
+        )
     for sop_class in classes:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10

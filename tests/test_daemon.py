@@ -291,3 +291,42 @@ def test_jobs_cli_lists_quarantine_and_retries(tmp_path: Path) -> None:
     assert run_edge("jobs", "--config", str(config), "retry", "1").returncode == 1
     with JobStore(tmp_path / "state" / DATABASE) as jobs:
         assert jobs.counts()["queued"] == 1
+
+
+def test_one_slide_goes_identified_to_the_pacs_and_de_identified_to_research(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "site-secret"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    config = _toml(
+        tmp_path,
+        f'[privacy]\nsecret_file = "{secret}"\n'
+        f'[[destination]]\nname = "pacs"\nkind = "folder"\npath = "{tmp_path / "pacs"}"\n'
+        f'[[destination]]\nname = "research"\nkind = "folder"\npath = "{tmp_path / "research"}"\n'
+        'deidentify = "basic"\n',
+    )
+    slide = write_slide(tmp_path / "inbox" / "s.svs", 1536, 1024, "svs", seed=7)
+    slide.with_suffix(".json").write_text(
+        '{"PatientName": "Doe^Jane", "PatientID": "MRN-4711", "AccessionNumber": "ACC-1"}'
+    )
+    for _ in range(2):  # the second run (a restart) must send nothing again
+        result = run_edge("run", "--config", str(config), "--once", "--timeout", "120")
+        assert result.returncode == 0, result.stderr
+    pacs = {
+        p.name: pydicom.dcmread(p, stop_before_pixels=True)
+        for p in (tmp_path / "pacs").rglob("*.dcm")
+    }
+    research = [
+        pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "research").rglob("*.dcm")
+    ]
+    assert {str(ds.PatientName) for ds in pacs.values()} == {"Doe^Jane"}
+    assert research and len(research) < len(pacs), "label and overview are not sent to research"
+    assert all("LABEL" not in ds.ImageType for ds in research if "ImageType" in ds)
+    for ds in research:
+        assert ds.PatientID != "MRN-4711" and "Doe" not in str(ds.PatientName)
+        assert ds.PatientIdentityRemoved == "YES"
+    identified_uids = {str(ds.SOPInstanceUID) for ds in pacs.values()}
+    assert not identified_uids & {str(ds.SOPInstanceUID) for ds in research}
+    assert len({str(ds.StudyInstanceUID) for ds in research}) == 1, "one pseudonymous study"
+    assert "Doe" not in result.stderr and "MRN-4711" not in result.stderr

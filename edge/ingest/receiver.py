@@ -26,6 +26,7 @@ from edge import config as cfg
 
 LOGGER = logging.getLogger(__name__)
 
+BULK_ANNOTATIONS = "1.2.840.10008.5.1.4.1.1.91.1"  # Microscopy Bulk Simple Annotations
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -46,6 +47,8 @@ class Receiver:
         for context in StoragePresentationContexts:
             # Every transfer syntax: WSI arrives JPEG, JPEG 2000 or HTJ2K encoded.
             ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        # pynetdicom's list stops at 120 classes; a scanner may send bulk annotations too.
+        ae.add_supported_context(BULK_ANNOTATIONS, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.require_called_aet = True
         if self.settings.allowed_aets:
