@@ -6,6 +6,7 @@ SCP as the PACS; only the disk-usage reading is injected (a full disk cannot be 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -330,3 +331,29 @@ def test_one_slide_goes_identified_to_the_pacs_and_de_identified_to_research(
     assert not identified_uids & {str(ds.SOPInstanceUID) for ds in research}
     assert len({str(ds.StudyInstanceUID) for ds in research}) == 1, "one pseudonymous study"
     assert "Doe" not in result.stderr and "MRN-4711" not in result.stderr
+
+
+def test_inotify_sees_a_new_slide_long_before_the_next_poll(tmp_path: Path) -> None:
+    base = _config(tmp_path, analyse=False)
+    config = dataclasses.replace(
+        base, ingest=cfg.Ingest(watch=base.ingest.watch, settle_s=0.5, poll_s=60.0)
+    )
+    inbox = Path(config.ingest.watch[0])
+    inbox.mkdir(parents=True)
+    daemon = Daemon(config)
+    runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": 60})
+    runner.start()
+    try:
+        time.sleep(1.5)  # the first scan has run; the next poll is a minute away
+        write_slide(tmp_path / "s.svs", 1024, 768, "svs")
+        os.replace(tmp_path / "s.svs", inbox / "s.svs")  # as a scanner's rename would
+        deadline = time.monotonic() + 15
+        found = 0
+        while time.monotonic() < deadline and not found:
+            with JobStore(config.state_dir / DATABASE) as jobs:
+                found = sum(jobs.counts().values())
+            time.sleep(0.1)
+        assert found == 1, "a poll every 60 s would not have found it yet"
+    finally:
+        daemon.stop.set()
+        runner.join(60)
