@@ -7,6 +7,7 @@ step). Mistakes are reported with the file, the key and what was expected.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -209,7 +210,32 @@ def load(path: Path) -> Config:
     return parse(data, str(path))
 
 
+CREDENTIAL = "credential:"
+
+
+def _expand_credentials(value: Any, source: str, key: str = "") -> Any:
+    """`*_file = "credential:NAME"` is systemd's LoadCredential=NAME:...: the file
+    $CREDENTIALS_DIRECTORY/NAME, which only the service can read and no unit file shows."""
+    if isinstance(value, dict):
+        return {k: _expand_credentials(v, source, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_credentials(v, source, key) for v in value]
+    if isinstance(value, str) and key.endswith("_file") and value.startswith(CREDENTIAL):
+        folder = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        name = value[len(CREDENTIAL) :]
+        if not folder:
+            raise ConfigError(
+                f"{source}: {key} = {value!r} needs systemd's LoadCredential= "
+                "(CREDENTIALS_DIRECTORY is not set: not running under systemd?)"
+            )
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigError(f"{source}: {key} = {value!r}: not a credential name")
+        return str(Path(folder) / name)
+    return value
+
+
 def parse(data: dict[str, Any], source: str = "config") -> Config:
+    data = _expand_credentials(data, source)
     known = {
         "storage",
         "forward",

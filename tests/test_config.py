@@ -146,3 +146,22 @@ def test_daemon_sections_parse_and_explain_mistakes() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             parse(tomllib.loads(toml), "edge.toml")
+
+
+def test_secret_files_can_come_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tomllib
+
+    toml = (
+        '[[destination]]\nname = "cloud"\nkind = "stowrs"\nurl = "https://x/dicom-web"\n'
+        'token_file = "credential:cloud-token"\n'
+    )
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match="needs systemd's LoadCredential"):
+        parse(tomllib.loads(toml), "edge.toml")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    config = parse(tomllib.loads(toml), "edge.toml")
+    assert config.destination("cloud").token_file == str(tmp_path / "cloud-token")
+    with pytest.raises(ConfigError, match="not a credential name"):
+        parse(tomllib.loads(toml.replace("cloud-token", "../etc/shadow")), "edge.toml")
