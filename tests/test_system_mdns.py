@@ -31,6 +31,17 @@ def test_announcement_fields_are_checked() -> None:
         mdns.service_infos(Announcement("x", "1"), [])
 
 
+def test_announceable_port_of_the_web_listen_setting() -> None:
+    assert mdns.announceable_port("127.0.0.1:8080") is None  # the shipped default
+    assert mdns.announceable_port("[::1]:8080") is None
+    assert mdns.announceable_port("localhost:8080") is None
+    assert mdns.announceable_port("0.0.0.0:8080") == 8080
+    assert mdns.announceable_port("[::]:8443") == 8443
+    assert mdns.announceable_port("192.0.2.7:80") == 80
+    with pytest.raises(MdnsError, match="ADDRESS:PORT"):
+        mdns.announceable_port("8080")
+
+
 def test_records_of_an_appliance_with_a_receiver() -> None:
     a = Announcement(
         "Edge lab",

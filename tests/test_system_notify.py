@@ -69,6 +69,12 @@ def test_address_forms() -> None:
         notify.socket_address("vsock:2:1234")
 
 
+def test_unusable_socket_disables_the_default_notifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    monkeypatch.setattr(notify, "_DEFAULT", None)
+    assert notify.ready("up") is False  # logged, not raised: the daemon keeps running
+
+
 def test_unset_socket_is_a_noop() -> None:
     n = Notifier.from_env({})
     assert not n.enabled

@@ -119,6 +119,25 @@ def service_infos(a: Announcement, addresses: Sequence[str]) -> list[ServiceInfo
     return infos
 
 
+def announceable_port(listen: str) -> int | None:
+    """The port to announce for a `[web] listen` ADDRESS:PORT, or None when it is bound to
+    loopback only (peers could not reach it, so announcing it would mislead them)."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MdnsError(f"listen {listen!r}: expected ADDRESS:PORT")
+    if host in ("localhost", "") or (host not in ("0.0.0.0", "::") and _is_loopback(host)):
+        return None
+    return int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it resolves to a routable address
+
+
 def interface_addresses(interfaces: Interfaces) -> list[str]:
     """Addresses to publish for the chosen interfaces (loopback only when asked for)."""
     if not isinstance(interfaces, InterfaceChoice):

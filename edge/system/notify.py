@@ -120,7 +120,8 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
     def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more start/stop time (e.g. a TensorRT engine build before READY=1)."""
+        """Ask for `seconds` more start/stop time from now (e.g. a TensorRT engine build
+        before READY=1); send it again before it runs out for longer work."""
         return self.send(f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}")
 
     def close(self) -> None:
@@ -142,7 +143,12 @@ def default() -> Notifier:
     """The process-wide notifier built from $NOTIFY_SOCKET on first use."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = Notifier.from_env()
+        try:
+            _DEFAULT = Notifier.from_env()
+        except NotifyError as exc:
+            # Never fail the daemon over how systemd can be reached; run unnotified.
+            LOGGER.warning("sd_notify disabled: %s", exc)
+            _DEFAULT = Notifier(None)
     return _DEFAULT
 
 
