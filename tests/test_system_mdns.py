@@ -99,9 +99,11 @@ def test_announce_in_child_then_browse_then_goodbye() -> None:
     assert child.stdin is not None and child.stdout is not None
     try:
         names = json.loads(child.stdout.readline())
+        # Unique per run: another test run on this host may be announcing on loopback too.
+        hub_name = f"Edge hub-{os.getpid()}"
         assert len(names) == 3, names
         hub = mdns.announce(
-            Announcement("Edge hub-here", "1.0", role="hub", web_port=18443, host="hub-here"),
+            Announcement(hub_name, "1.0", role="hub", web_port=18443, host="hub-here"),
             interfaces=LOOPBACK,
         )
         with hub:
@@ -126,14 +128,14 @@ def test_announce_in_child_then_browse_then_goodbye() -> None:
                 "/ui/",
             )
             assert (dicom.kind, dicom.port, dicom.aet) == ("dicom", 11112, "EDGE_TEST")
-            hubs = [p for p in peers if p.kind == "hub"]
-            assert [p.instance for p in hubs] == ["Edge hub-here"]
+            hubs = [p for p in peers if p.kind == "hub" and p.name in hub.names]
+            assert [p.instance for p in hubs] == [hub_name]
             # Our own records can be left out of the result.
             again = mdns.browse(
                 1.5, types=(mdns.EDGE_TYPE,), interfaces=LOOPBACK, exclude=hub.names
             )
             assert [p.kind for p in again if p.name in names] == ["appliance"]
-            assert not [p for p in again if p.kind == "hub"]
+            assert not [p for p in again if p.name in hub.names]
         child.stdin.close()
         assert child.stdout.readline().strip() == "closed"
         assert child.wait(timeout=20) == 0

@@ -225,5 +225,5 @@ def test_child_watchdog_thread_stops_pinging_when_a_stage_hangs(
         assert proc.wait(timeout=20) == 0
     finally:
         proc.kill()
-    assert len(before) >= 4 and set(before) == {"WATCHDOG=1"}  # ~7 pings in 1.5 s
+    assert len(before) >= 3 and set(before) == {"WATCHDOG=1"}  # ~7 pings in 1.5 s
     assert after == []

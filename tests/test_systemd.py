@@ -129,3 +129,23 @@ def test_unit_contract() -> None:
     assert settings["WatchdogSec"] == ["60s"]
     hk = (REPO / "systemd/edge-housekeeping.service").read_text()
     assert "ExecStart=/opt/edge/venv/bin/edge housekeeping --config /etc/edge/edge.toml" in hk
+
+
+@pytest.mark.integration
+def test_inference_survives_memory_deny_write_execute() -> None:
+    """tools/gpu-system-check: ONNX Runtime (and a libffi callback) still run under the
+    seccomp filter of MemoryDenyWriteExecute=yes, and the filter really refuses W+X memory
+    (the check exits non-zero when it does not). This is the evidence a site needs before
+    turning the setting on with a drop-in (docs/system.md)."""
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools/gpu-system-check")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = {ln.split(":")[0].strip(): ln for ln in out.stdout.splitlines() if ln.startswith("##")}
+    assert "exit 0: onnxruntime" in lines["## onnxruntime cpu, no filter"], out.stdout
+    assert "exit 0: onnxruntime" in lines["## onnxruntime cpu, MDWE seccomp"], out.stdout
