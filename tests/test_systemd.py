@@ -149,3 +149,34 @@ def test_inference_survives_memory_deny_write_execute() -> None:
     lines = {ln.split(":")[0].strip(): ln for ln in out.stdout.splitlines() if ln.startswith("##")}
     assert "exit 0: onnxruntime" in lines["## onnxruntime cpu, no filter"], out.stdout
     assert "exit 0: onnxruntime" in lines["## onnxruntime cpu, MDWE seccomp"], out.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_systemd_boot_check() -> None:
+    """Opt-in (EDGE_SYSTEMD_BOOT_CHECK=1, root): tools/systemd-boot-check boots the host's
+    systemd as PID 1 in namespaces, installs the appliance and starts edge.service with a
+    stand-in daemon on the real notify/credentials code. systemd must see READY and the
+    status, deliver the credential, enforce the sandbox, and kill + restart the service when
+    a stage stops beating; the host must be left unchanged."""
+    import os
+
+    if os.environ.get("EDGE_SYSTEMD_BOOT_CHECK") != "1":
+        pytest.skip("boots systemd as PID 1 in namespaces; set EDGE_SYSTEMD_BOOT_CHECK=1 (root)")
+    out = subprocess.run(
+        [str(REPO / "tools/systemd-boot-check"), "14"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    text = out.stdout
+    assert out.returncode == 0, text + out.stderr
+    assert "StatusText=stand-in daemon up" in text and "NRestarts=1" in text, text
+    assert "edge.service: Watchdog timeout (limit 3s)!" in text, text
+    assert "Failed with result 'watchdog'" in text, text
+    assert text.count("credential site-secret: b's3cret\\n'") == 2, text
+    assert "write refused /usr/probe Read-only file system" in text
+    assert "write ok /srv/scanner/probe" in text
+    assert "open refused /dev/edge-probe-loop (0666): Operation not permitted" in text
+    assert "host unchanged" in text
