@@ -91,3 +91,8 @@ def test_credentials_lookup(tmp_path: Path) -> None:
     assert credential_path("site-secret", {}) is None  # not under systemd
     with pytest.raises(CredentialError, match=r"\.\./etc"):
         credential_path("../etc/shadow", env)
+    if os.geteuid() != 0:  # root reads through mode 000; only a non-root run can check this
+        (tmp_path / "edge_locked").write_bytes(b"x")
+        (tmp_path / "edge_locked").chmod(0)
+        with pytest.raises(CredentialError, match="cannot read credential 'locked'"):
+            read_credential("locked", env)

@@ -21,7 +21,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 class CredentialError(EdgeError):
-    """A credential name that systemd could not have produced."""
+    """A credential name systemd could not have produced, or one that cannot be read."""
 
 
 def credential_path(name: str, env: Mapping[str, str] | None = None) -> Path | None:
@@ -34,12 +34,22 @@ def credential_path(name: str, env: Mapping[str, str] | None = None) -> Path | N
         return None
     for candidate in (PREFIX + name, name):
         p = Path(base) / candidate
-        if p.is_file():
-            return p
+        try:
+            if p.is_file():
+                return p
+        except OSError as exc:  # e.g. the credentials mount is not ours to read
+            raise CredentialError(
+                f"{p}: cannot look up credential {name!r}: {exc.strerror}"
+            ) from exc
     return None
 
 
 def read_credential(name: str, env: Mapping[str, str] | None = None) -> bytes | None:
     """The bytes of credential `name`, or None when systemd did not pass it."""
     p = credential_path(name, env)
-    return p.read_bytes() if p is not None else None
+    if p is None:
+        return None
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise CredentialError(f"{p}: cannot read credential {name!r}: {exc.strerror}") from exc
