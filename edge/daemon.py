@@ -42,7 +42,7 @@ from edge.audit.syslog import Collector, export
 from edge.audit.trail import record
 from edge.deid import deidentify_slide
 from edge.deid.site import destination_policy, site_secret
-from edge.errors import InputError
+from edge.errors import EdgeError, InputError
 from edge.forward import factory
 from edge.forward.worker import drain
 from edge.ingest.receiver import Receiver
@@ -53,6 +53,9 @@ from edge.outbox.retry import CircuitBreaker, RetryPolicy
 from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
 from edge.pipeline import Stopping, boost, process
+from edge.system.disk import DiskMonitor, DiskUsage, Watermarks, usage
+from edge.system.mdns import Announced, Announcement, announce, announceable_port
+from edge.system.notify import Watchdog
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,15 +73,13 @@ class Health:
     scans: int = 0
     broken: dict[str, str] = field(default_factory=dict)  # destination -> why it cannot start
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_beat: Callable[[str], None] | None = None  # the systemd watchdog's bookkeeping
 
     def beat(self, stage: str) -> None:
         with self.lock:
             self.beats[stage] = time.monotonic()
-
-
-def disk_fraction_used(path: Path) -> float:
-    usage = shutil.disk_usage(path)
-    return 1.0 - usage.free / usage.total if usage.total else 0.0
+        if self.on_beat is not None:
+            self.on_beat(stage)
 
 
 class Daemon:
@@ -87,8 +88,8 @@ class Daemon:
         config: cfg.Config,
         *,
         once: bool = False,
-        notify: Callable[[str], None] | None = None,
-        disk_used: Callable[[Path], float] = disk_fraction_used,
+        notify: Callable[[str], object] | None = None,
+        disk_usage: Callable[[Path], DiskUsage] = usage,
     ) -> None:
         self.config = config
         self.once = once
@@ -98,11 +99,27 @@ class Daemon:
         self.health = Health()
         self.database = config.state_dir / DATABASE
         self._notify = notify or (lambda line: None)
-        self._disk_used = disk_used
+        self._disk_usage = disk_usage
+        storage = config.storage
+        # Fractions only: byte limits would need the site's disk size (a setting for later).
+        self.disk = DiskMonitor(
+            config.slides_dir,
+            Watermarks(
+                high_used=storage.high_water,
+                low_used=storage.low_water,
+                critical_used=max(0.97, storage.high_water),
+                high_free_bytes=0,
+                low_free_bytes=0,
+                critical_free_bytes=0,
+            ),
+        )
         self._threads: list[threading.Thread] = []
         self.crashed: list[str] = []
         self.spool = config.state_dir / "received"  # the DICOM receiver's series folders
         self.receiver: Receiver | None = None
+        self.watchdog = Watchdog.from_env()
+        self.web_running = False  # set by the dashboard when it serves
+        self._announced: Announced | None = None
         self._secret: bytes | None = None
 
     # ---- life cycle ----
@@ -116,6 +133,8 @@ class Daemon:
             self.receiver = Receiver(self.config.receiver, self.spool)
             self.receiver.start()
         self._start_threads()
+        self._watch_stages()
+        self._announce()
         self._notify("READY=1")
         LOGGER.info(
             "edge running: watching %d folder(s), %d destination(s), state in %s",
@@ -128,6 +147,7 @@ class Daemon:
         code = 0
         try:
             while not self.stop.is_set():
+                self.health.beat("main")
                 self._check_disk()
                 if time.monotonic() - last_sweep >= HOUSEKEEPING_S:
                     last_sweep = time.monotonic()
@@ -153,6 +173,9 @@ class Daemon:
             self.changed.set()
             if self.receiver is not None:
                 self.receiver.stop()
+            self.watchdog.stop()
+            if self._announced is not None:
+                self._announced.close()
             for thread in self._threads:
                 thread.join(timeout=60)
         LOGGER.info("edge stopped")
@@ -179,7 +202,10 @@ class Daemon:
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.state_dir, 0o700)  # patient data: the service user's only
         if any(destination_policy(d) is not None for d in self.config.destinations):
-            self._secret = site_secret(self.config)  # fail at start, not on the first slide
+            try:  # fail at start, not on the first slide
+                self._secret = site_secret(self.config)
+            except EdgeError as exc:
+                raise cfg.ConfigError(str(exc)) from exc
         with JobStore(self.database) as jobs:
             recovered = jobs.recover()
         with Outbox(self.database) as outbox:
@@ -190,6 +216,45 @@ class Daemon:
         for watched in self.config.ingest.watch:
             if not Path(watched).is_dir():
                 LOGGER.warning("watch folder %s does not exist (yet); will keep looking", watched)
+
+    def _watch_stages(self) -> None:
+        """systemd's watchdog is pinged only while these stages beat: a converter stuck in a
+        decoder or an ingest scan hung on a dead share gets the service restarted. Forwarders
+        are not watched: one request may take many minutes on a slow link, and their network
+        timeouts already bound them."""
+        watched = {"main": 30.0, "ingest": self.config.ingest.poll_s + 120.0}
+        for n in range(self.config.pipeline.slides_in_flight):
+            watched[f"convert-{n + 1}"] = 300.0
+        for stage, max_age_s in watched.items():
+            self.watchdog.register(stage, max_age_s)
+
+        def beat(stage: str) -> None:
+            if stage in watched:
+                self.watchdog.beat(stage)
+
+        self.health.on_beat = beat
+        self.watchdog.start()
+
+    def _announce(self) -> None:
+        """mDNS, so telepathology hubs and the site's IT find the box; only what peers could
+        reach is announced (a dashboard on localhost is not)."""
+        web_port = announceable_port(self.config.web.listen) if self.web_running else None
+        receiver = self.config.receiver
+        dicom_port = receiver.port if receiver.port and receiver.listen != "127.0.0.1" else 0
+        if not web_port and not dicom_port:
+            return
+        try:
+            self._announced = announce(
+                Announcement(
+                    instance=f"Edge WSI {socket.gethostname()}"[:63],
+                    version=__version__,
+                    web_port=web_port or 0,
+                    dicom_aet=receiver.ae_title if dicom_port else "",
+                    dicom_port=dicom_port,
+                )
+            )
+        except Exception as exc:  # no multicast-capable interface: the box still works
+            LOGGER.warning("mDNS announcement failed: %s", exc)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -458,19 +523,20 @@ class Daemon:
     # ---- housekeeping and status ----
 
     def _check_disk(self) -> None:
-        storage = self.config.storage
-        used = self._disk_used(self.config.slides_dir)
-        paused = self.health.ingest_paused
-        if not paused and used >= storage.high_water:
-            self.health.ingest_paused = (
-                f"disk {used:.0%} full (high-water mark {storage.high_water:.0%}); "
-                "unsent slides are kept, delivered ones are removed after retention"
-            )
-            LOGGER.warning("ingest paused: %s", self.health.ingest_paused)
-            self.sweep()
-        elif paused and used < storage.low_water:
+        before = self.disk.state
+        state = self.disk.check(self._disk_usage(self.config.slides_dir))
+        if state is before:
+            return
+        if state.ingest_allowed:
             self.health.ingest_paused = ""
-            LOGGER.info("ingest resumed: disk %.0f%% full", used * 100)
+        else:
+            used = self._disk_usage(self.config.slides_dir).used_fraction
+            self.health.ingest_paused = (
+                f"disk {used:.0%} full ({state.name.lower()}; high-water mark "
+                f"{self.config.storage.high_water:.0%}); unsent slides are kept, delivered "
+                "ones are removed after retention"
+            )
+            self.sweep()
 
     def sweep(self) -> int:
         """Remove delivered files past retention (never anything unsent)."""

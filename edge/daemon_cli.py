@@ -15,6 +15,7 @@ from edge import config as cfg
 from edge.errors import EdgeError
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_RUN_CONFIG = 78  # sysexits EX_CONFIG: systemd's unit does not restart on it
 DEFAULT_HOME = Path("edge-data")
 
 
@@ -108,12 +109,13 @@ def _logging(verbose: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import Daemon
+    from edge.system import notify
 
     try:
         config, origin = load_config(args)
     except EdgeError as exc:
         print(f"edge run: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_RUN_CONFIG
     _logging(args.verbose)
     logging.getLogger(__name__).info("configuration: %s", origin)
     if args.config is None and not cfg.DEFAULT_PATH.exists():
@@ -125,8 +127,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{config.destinations[0].path}",
             file=sys.stderr,
         )
+    notifier = notify.default()
     try:
-        return Daemon(config, once=args.once).run(timeout_s=args.timeout)
+        return Daemon(config, once=args.once, notify=notifier.send).run(timeout_s=args.timeout)
+    except cfg.ConfigError as exc:  # found at start: a secret file, a destination setting
+        print(f"edge run: {exc}", file=sys.stderr)
+        return EXIT_RUN_CONFIG
     except EdgeError as exc:
         print(f"edge run: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -6,6 +6,7 @@ SCP as the PACS; only the disk-usage reading is injected (a full disk cannot be 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -28,6 +29,7 @@ from edge.jobs import JobStore
 from edge.outbox.queries import OutboxReader
 from edge.outbox.schema import DATABASE
 from edge.slide.synthetic import write_slide
+from edge.system.disk import DiskUsage
 from tests.dicom_peers import Behaviour, store_scp
 from tests.helpers import run_edge
 
@@ -155,7 +157,10 @@ def test_ingest_pauses_at_the_high_water_mark_and_resumes(tmp_path: Path) -> Non
     inbox.mkdir(parents=True)
     write_slide(inbox / "s.svs", 1024, 768, "svs", seed=5)
     used = {"fraction": 0.97}
-    daemon = Daemon(config, disk_used=lambda _path: used["fraction"])
+    daemon = Daemon(
+        config,
+        disk_usage=lambda _path: DiskUsage(total=1000, free=round(1000 * (1 - used["fraction"]))),
+    )
     runner = threading.Thread(target=daemon.run, kwargs={"timeout_s": 120})
     runner.start()
     try:
@@ -278,7 +283,7 @@ def test_config_check_explains_mistakes(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "bad.toml: [ingest]: watch must be a list of text" in result.stderr
     missing = run_edge("run", "--config", str(tmp_path / "nope.toml"))
-    assert missing.returncode == 2 and "no such configuration file" in missing.stderr
+    assert missing.returncode == 78 and "no such configuration file" in missing.stderr
 
 
 def test_jobs_cli_lists_quarantine_and_retries(tmp_path: Path) -> None:
@@ -357,3 +362,47 @@ def test_inotify_sees_a_new_slide_long_before_the_next_poll(tmp_path: Path) -> N
     finally:
         daemon.stop.set()
         runner.join(60)
+
+
+def test_under_systemd_edge_run_notifies_ready_status_watchdog_and_stopping(
+    tmp_path: Path,
+) -> None:
+    """`edge run` as systemd's Type=notify service sees it: a real AF_UNIX datagram socket
+    stands in for systemd's, with WATCHDOG_USEC set as WatchdogSec= would."""
+    import socket
+
+    config = _toml(tmp_path)
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(m == "WATCHDOG=1" for m in messages) < 3:
+            with contextlib.suppress(TimeoutError):
+                messages += sock.recv(4096).decode().splitlines()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        while True:
+            try:
+                messages += sock.recv(4096).decode().splitlines()
+            except TimeoutError:
+                break
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "READY=1" in messages
+    assert any(m.startswith("STATUS=0 done") for m in messages), messages[:10]
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 3, "pinged while the stages beat"
+    assert "STOPPING=1" in messages
