@@ -353,3 +353,22 @@ def test_folder_unwritable_destination_retries(items: list[Item], tmp_path: Path
     outcome = FolderDestination("usb", blocker).send(items[:1])[0]
     assert outcome.verdict is Verdict.RETRY
     assert "copy to" in outcome.reason
+
+
+def test_p_data_tf_framing_matches_pynetdicom() -> None:
+    """The C-STORE fast path frames P-DATA-TF PDUs itself; byte for byte what pynetdicom's
+    state machine would have written."""
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from edge.forward.cstore import p_data_tf
+
+    for values in (
+        [(1, b"\x02" + bytes(range(256)) * 4)],
+        [(3, b"\x03" + b"\x00\x08" * 50), (5, b"\x00" + b"x" * 16372)],
+    ):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = [[c, v] for c, v in values]
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        assert p_data_tf(values) == pdu.encode()
