@@ -197,9 +197,16 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     return EXIT_OK
                 for row in rows:
                     note = row["error"] or "; ".join(row["reasons"])
+                    sent = row["deliveries"]
+                    delivery = (
+                        f"sent {sent['delivered']}/{sent['total']}"
+                        + (f", {sent['parked']} parked" if sent["parked"] else "")
+                        if sent["total"]
+                        else "-"
+                    )
                     print(
                         f"{row['id']:>6} {row['state']:<11} {row['verdict'] or '-':<7} "
-                        f"{row['name']}  {note}"
+                        f"{delivery:<14} {row['name']}  {note}"
                     )
             elif args.action == "show":
                 found = jobs.get(args.id)

@@ -221,7 +221,7 @@ class JobStore:
 
     def get(self, job_id: int) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _row(row) if row is not None else None
+        return _with_delivery(self._conn, [_row(row)])[0] if row is not None else None
 
     def list(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT * FROM jobs"
@@ -230,7 +230,9 @@ class JobStore:
             sql += " WHERE state = ?"
             args = (state,)
         sql += " ORDER BY id DESC LIMIT ?"
-        return [_row(r) for r in self._conn.execute(sql, (*args, limit))]
+        return _with_delivery(
+            self._conn, [_row(r) for r in self._conn.execute(sql, (*args, limit))]
+        )
 
     def counts(self) -> dict[str, int]:
         return job_counts(self._conn)
@@ -242,6 +244,24 @@ def job_counts(conn: sqlite3.Connection) -> dict[str, int]:
     for row in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
         found[row[0]] = int(row[1])
     return found
+
+
+def _with_delivery(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job's deliveries, all destinations together: {"total", "delivered", "parked",
+    "pending"}, and "delivered": True once every one of them is delivered."""
+    for row in rows:
+        counts = dict.fromkeys(("total", "delivered", "parked", "pending"), 0)
+        for state, n in conn.execute(
+            "SELECT d.state, COUNT(*) FROM deliveries d JOIN instances i ON i.id = d.instance_id "
+            "WHERE i.slide_key = ? GROUP BY d.state",
+            (f"job-{row['id']}",),
+        ):
+            counts["total"] += int(n)
+            key = state if state in ("delivered", "parked") else "pending"
+            counts[key] += int(n)
+        row["deliveries"] = counts
+        row["delivered"] = counts["total"] > 0 and counts["delivered"] == counts["total"]
+    return rows
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

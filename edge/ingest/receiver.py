@@ -42,6 +42,8 @@ class Receiver:
 
     def start(self) -> None:
         self.spool.mkdir(parents=True, exist_ok=True)
+        for stale in self.spool.rglob("*.dcm.part"):  # cut off by a crash, never acknowledged:
+            stale.unlink(missing_ok=True)  # the scanner sends it again
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.ae_title)
         for context in StoragePresentationContexts:
