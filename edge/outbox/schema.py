@@ -93,6 +93,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_state ON jobs(state, created_at);
     """,
+    # 3: a person marked a slide's QC result reviewed on the dashboard (latest mark per job).
+    """
+    CREATE TABLE reviews (
+        job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        reviewed_by TEXT NOT NULL,
+        reviewed_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 

@@ -1,0 +1,348 @@
+"""What the pages and the API show, read from the state database on a read-only connection.
+
+Every function takes a connection opened by `reader()` (its own, read-only: the daemon's
+writers are never blocked) and returns plain dicts, so the HTML pages and the JSON API show
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge import config as cfg
+from edge.analysis.outputs import CLASSES
+from edge.jobs import JOB_STATES, job_counts
+from edge.outbox import queries
+from edge.outbox.schema import DATABASE, STATES, connect
+
+VERDICTS = ("pass", "review", "rescan")
+HEATMAP_CLASSES = CLASSES  # the only names a heatmap URL may carry
+
+
+class NotReady(Exception):
+    """The state database is missing or unreadable (the daemon has not created it yet)."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    q: str = ""  # part of the slide name
+    state: str = ""
+    verdict: str = ""
+    stain: str = ""
+    limit: int = 50
+    offset: int = 0
+
+
+@contextmanager
+def reader(config: cfg.Config) -> Iterator[sqlite3.Connection]:
+    path = config.state_dir / DATABASE
+    if not path.is_file():
+        raise NotReady(f"no state database at {path} yet (is the daemon running?)")
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        raise NotReady(f"{path}: cannot open the state database: {exc}") from exc
+    try:
+        yield conn
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise NotReady(f"{path}: schema not migrated yet ({exc})") from exc
+        raise
+    finally:
+        conn.close()
+
+
+def _job(row: sqlite3.Row) -> dict[str, Any]:
+    found = dict(row)
+    try:
+        found["reasons"] = json.loads(found.get("reasons") or "[]")
+    except ValueError:
+        found["reasons"] = []
+    found["unmatched"] = bool(found.get("unmatched"))
+    found["has_report"] = bool(found.get("report"))
+    return found
+
+
+_JOB_COLUMNS = (
+    "j.id, j.name, j.state, j.attempts, j.created_at, j.updated_at, j.started_at, "
+    "j.finished_at, j.verdict, j.reasons, j.stain, j.priority, j.unmatched, j.instances, "
+    "j.bytes_in, j.seconds, j.report, j.error, j.study_uid, j.series_uid, j.output, "
+    "r.reviewed_by, r.reviewed_at"
+)
+
+
+def list_jobs(conn: sqlite3.Connection, f: JobFilter) -> tuple[list[dict[str, Any]], int]:
+    """A page of jobs, newest first, and how many match in all."""
+    where, args = [], []
+    if f.q:
+        where.append("j.name LIKE ? ESCAPE '\\'")
+        escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        args.append(f"%{escaped}%")
+    for column, value in (("j.state", f.state), ("j.verdict", f.verdict), ("j.stain", f.stain)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    total = int(conn.execute(f"SELECT COUNT(*) FROM jobs j {clause}", args).fetchone()[0])
+    rows = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN reviews r ON r.job_id = j.id {clause} "
+        "ORDER BY j.id DESC LIMIT ? OFFSET ?",
+        (*args, f.limit, f.offset),
+    )
+    return [_job(r) for r in rows], total
+
+
+def stains(conn: sqlite3.Connection) -> list[str]:
+    return [str(r[0]) for r in conn.execute("SELECT DISTINCT stain FROM jobs WHERE stain != ''")]
+
+
+def get_job(conn: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs j LEFT JOIN reviews r ON r.job_id = j.id WHERE j.id = ?",
+        (job_id,),
+    ).fetchone()
+    return _job(row) if row is not None else None
+
+
+def slide_key(job_id: int) -> str:
+    return f"job-{job_id}"  # as the daemon enqueues a job's instances
+
+
+def deliveries_of(conn: sqlite3.Connection, job_id: int) -> list[dict[str, Any]]:
+    """Per destination: counts per state, last delivery, last error, the row ids."""
+    per: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(
+        "SELECT d.id, d.destination, d.state, d.last_error, d.updated_at, d.delivered_at "
+        "FROM deliveries d JOIN instances i ON i.id = d.instance_id WHERE i.slide_key = ? "
+        "ORDER BY d.id",
+        (slide_key(job_id),),
+    ):
+        entry = per.setdefault(
+            row["destination"],
+            {
+                "destination": row["destination"],
+                "counts": dict.fromkeys(STATES, 0),
+                "last_delivered_at": None,
+                "last_error": "",
+                "last_error_at": None,
+                "ids": [],
+            },
+        )
+        entry["counts"][row["state"]] += 1
+        entry["ids"].append(int(row["id"]))
+        if row["delivered_at"] and (entry["last_delivered_at"] or 0) < row["delivered_at"]:
+            entry["last_delivered_at"] = row["delivered_at"]
+        if row["last_error"] and (entry["last_error_at"] or 0) <= row["updated_at"]:
+            entry["last_error"], entry["last_error_at"] = row["last_error"], row["updated_at"]
+    return list(per.values())
+
+
+def delivery_ids(
+    conn: sqlite3.Connection, job_id: int, destination: str | None, states: tuple[str, ...]
+) -> list[int]:
+    sql = (
+        "SELECT d.id FROM deliveries d JOIN instances i ON i.id = d.instance_id "
+        f"WHERE i.slide_key = ? AND d.state IN ({', '.join('?' * len(states))})"
+    )
+    args: list[Any] = [slide_key(job_id), *states]
+    if destination:
+        sql += " AND d.destination = ?"
+        args.append(destination)
+    return [int(r[0]) for r in conn.execute(sql, args)]
+
+
+def history(conn: sqlite3.Connection, job_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    """The job's own events (found, started, done, retry, web actions) and its instances'
+    send events, newest first."""
+    rows = conn.execute(
+        "SELECT * FROM events WHERE detail LIKE ? ESCAPE '\\' OR instance_id IN "
+        "(SELECT id FROM instances WHERE slide_key = ?) ORDER BY id DESC LIMIT ?",
+        (f"job {job_id}:%", slide_key(job_id), limit),
+    )
+    return [dict(r) for r in rows]
+
+
+def audit(
+    conn: sqlite3.Connection, limit: int = 100, before: int | None = None, q: str = ""
+) -> list[dict[str, Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if before is not None:
+        where.append("id < ?")
+        args.append(before)
+    if q:
+        where.append("(event LIKE ? OR detail LIKE ? OR destination LIKE ?)")
+        args.extend([f"%{q}%"] * 3)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*args, limit))
+    return [dict(r) for r in rows]
+
+
+def destination_health(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per destination in the outbox: last delivery and the latest error."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(
+        "SELECT destination, MAX(delivered_at) FROM deliveries WHERE state = 'delivered' "
+        "GROUP BY destination"
+    ):
+        found.setdefault(row[0], {})["last_success_at"] = row[1]
+    # SQLite returns the bare columns of the row holding the MAX.
+    for row in conn.execute(
+        "SELECT destination, last_error, MAX(updated_at) FROM deliveries "
+        "WHERE state IN ('failed', 'parked') AND last_error != '' GROUP BY destination"
+    ):
+        entry = found.setdefault(row[0], {})
+        entry["last_error"], entry["last_error_at"] = row[1], row[2]
+    return found
+
+
+def _public(dest: cfg.Destination) -> dict[str, Any]:
+    """What the page may show of a destination (no key or token file contents)."""
+    target = {
+        "cstore": f"{dest.called_aet}@{dest.host}:{dest.port}",
+        "stowrs": dest.url,
+        "folder": dest.path,
+    }.get(dest.kind, "")
+    return {"name": dest.name, "kind": dest.kind, "target": target, "tls": dest.tls}
+
+
+def destinations(conn: sqlite3.Connection, config: cfg.Config) -> list[dict[str, Any]]:
+    """Configured destinations (and any still in the outbox) with queue and health."""
+    stats = queries.stats(conn)["destinations"]
+    health = destination_health(conn)
+    out = []
+    names = [d.name for d in config.destinations]
+    for dest in config.destinations:
+        out.append({**_public(dest), "configured": True})
+    for name in sorted(set(stats) - set(names)):
+        out.append({"name": name, "kind": "", "target": "", "tls": False, "configured": False})
+    for entry in out:
+        counts = stats.get(entry["name"], dict.fromkeys(STATES, 0))
+        h = health.get(entry["name"], {})
+        entry.update(
+            counts=counts,
+            queue=counts["queued"] + counts["sending"] + counts["failed"],
+            last_success_at=h.get("last_success_at"),
+            last_error=h.get("last_error", ""),
+            last_error_at=h.get("last_error_at"),
+        )
+        # Failing: errors newer than the last success, with work waiting.
+        entry["failing"] = bool(
+            entry["queue"]
+            and entry["last_error_at"]
+            and (entry["last_success_at"] or 0) < entry["last_error_at"]
+        )
+    return out
+
+
+def latest_backend(conn: sqlite3.Connection) -> str:
+    """The inference backend named in the newest QC report, or '' when none is readable."""
+    row = conn.execute(
+        "SELECT report FROM jobs WHERE state = 'done' AND report != '' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return ""
+    report = read_report(str(row[0]))
+    return str(report.get("backend", "")) if report else ""
+
+
+def read_report(path: str) -> dict[str, Any] | None:
+    """report.json of a job (the path comes from the database, never from a request)."""
+    if not path:
+        return None
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def overview(
+    conn: sqlite3.Connection, config: cfg.Config, ingest_paused: str = "", now: float | None = None
+) -> dict[str, Any]:
+    at = time.time() if now is None else now
+    local = time.localtime(at)
+    midnight = time.mktime((local.tm_year, local.tm_mon, local.tm_mday, 0, 0, 0, 0, 0, -1))
+    today = conn.execute(
+        "SELECT COUNT(*), SUM(state = 'done'), SUM(verdict = 'rescan'), "
+        "COALESCE(SUM(bytes_in), 0) FROM jobs WHERE created_at >= ?",
+        (midnight,),
+    ).fetchone()
+    hour = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(bytes_in), 0), COALESCE(AVG(seconds), 0) FROM jobs "
+        "WHERE state = 'done' AND finished_at >= ?",
+        (at - 3600,),
+    ).fetchone()
+    stats = queries.stats(conn)
+    dests = destinations(conn, config)
+    disk: dict[str, float | None]
+    try:
+        usage = shutil.disk_usage(config.slides_dir)
+        disk = {"used_fraction": round(1 - usage.free / usage.total, 4), "free_bytes": usage.free}
+    except OSError:
+        disk = {"used_fraction": None, "free_bytes": None}
+    counts = job_counts(conn)
+    alerts = []
+    if ingest_paused:
+        alerts.append(f"Ingest paused: {ingest_paused}")
+    high = config.storage.high_water
+    used = disk["used_fraction"]
+    if used is not None and used >= high:
+        alerts.append(f"Disk {used:.0%} full (high-water mark {high:.0%})")
+    for d in dests:
+        if d["failing"]:
+            alerts.append(f"Destination {d['name']} failing: {d['last_error']}")
+    if counts["quarantined"] + counts["failed"]:
+        alerts.append(
+            f"{counts['quarantined'] + counts['failed']} slide(s) need attention "
+            "(failed or quarantined)"
+        )
+    return {
+        "jobs": counts,
+        "today": {
+            "slides": int(today[0]),
+            "done": int(today[1] or 0),
+            "rescan": int(today[2] or 0),
+            "bytes_in": int(today[3]),
+        },
+        "last_hour": {
+            "slides": int(hour[0]),
+            "bytes_in": int(hour[1]),
+            "mean_seconds": round(float(hour[2]), 2),
+        },
+        "outbox": stats,
+        "destinations": dests,
+        "disk": disk,
+        "backend": latest_backend(conn),
+        "ingest_paused": ingest_paused,
+        "alerts": alerts,
+    }
+
+
+def heatmap_file(job: dict[str, Any], name: str, roots: tuple[Path, ...]) -> Path | None:
+    """heatmaps/<name>.png (or slide.jpg for name 'slide') of a job's QC folder, only when the
+    name is a known class and the file lies under one of the data folders."""
+    if name != "slide" and name not in HEATMAP_CLASSES:
+        return None
+    if not job.get("report"):
+        return None
+    folder = Path(job["report"]).parent / "heatmaps"
+    path = folder / ("slide.jpg" if name == "slide" else f"{name}.png")
+    try:
+        resolved = path.resolve(strict=True)
+    except OSError:
+        return None
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        return None
+    return resolved
+
+
+__all__ = ["JOB_STATES", "STATES", "VERDICTS"]
