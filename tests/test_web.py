@@ -1,0 +1,398 @@
+"""The dashboard and its API over a state database made by a real daemon run, through a real
+uvicorn server on a free port (edge.web.serve), with httpx as the client."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edge import config as cfg
+from edge.jobs import JobStore
+from edge.outbox.schema import DATABASE, connect
+from edge.web import serve
+from edge.web.app import users_path
+from edge.web.auth import AuthError, Sessions, User, Users, check_password, hash_password
+from tests.web_state import build, daemon_config
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    home = tmp_path_factory.mktemp("web")
+    ids = build(home)
+    config = daemon_config(home)
+    users = Users(users_path(config))
+    users.add("tech", "technician", PASSWORD)
+    users.add("boss", "admin", PASSWORD)
+    token = users.add_token("it", "technician")
+    handle = serve(config, listen="127.0.0.1:0")
+    try:
+        yield {"config": config, "ids": ids, "url": handle.url, "token": token, "home": home}
+    finally:
+        handle.stop()
+
+
+def client(site: dict[str, Any]) -> httpx.Client:
+    return httpx.Client(base_url=site["url"], timeout=30, follow_redirects=False)
+
+
+def login(site: dict[str, Any], name: str = "tech") -> httpx.Client:
+    c = client(site)
+    form = c.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text)
+    assert token, form.text
+    done = c.post(
+        "/login",
+        data={"username": name, "password": PASSWORD, "login_token": token[1], "next": "/"},
+    )
+    assert done.status_code == 303, done.text
+    return c
+
+
+def csrf_of(c: httpx.Client, path: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', c.get(path).text)
+    assert found, f"no CSRF field on {path}"
+    return found[1]
+
+
+def job_state(site: dict[str, Any], job_id: int) -> str:
+    with JobStore(site["config"].state_dir / DATABASE) as jobs:
+        job = jobs.get(job_id)
+    assert job is not None
+    return str(job["state"])
+
+
+# ---- passwords and sessions ----
+
+
+def test_passwords_are_scrypt_hashed_never_stored(tmp_path: Path) -> None:
+    users = Users(tmp_path / "users.json")
+    users.add("ann", "admin", "a long password")
+    text = (tmp_path / "users.json").read_text()
+    assert "a long password" not in text and "scrypt$" in text
+    assert (tmp_path / "users.json").stat().st_mode & 0o777 == 0o600
+    assert users.login("ann", "a long password") == User("ann", "admin")
+    assert users.login("ann", "a long passworD") is None
+    assert users.login("nobody", "a long password") is None
+    assert hash_password("x", b"0" * 16) != hash_password("y", b"0" * 16)
+    assert not check_password("x", "md5$whatever")
+    with pytest.raises(AuthError, match="too short"):
+        users.add("bob", "technician", "short")
+    with pytest.raises(AuthError, match="role"):
+        users.add("bob", "root", "long enough pw")
+    with pytest.raises(AuthError, match="user name"):
+        users.add("../bob", "technician", "long enough pw")
+
+
+def test_sessions_are_signed_expire_and_bind_csrf() -> None:
+    sessions = Sessions(b"k" * 32, lifetime_s=60)
+    cookie = sessions.issue(User("ann", "technician"), now=1000)
+    assert sessions.verify(cookie, now=1059) == User("ann", "technician")
+    assert sessions.verify(cookie, now=1061) is None, "expired"
+    forged = cookie.replace("technician", "admin")
+    assert sessions.verify(forged, now=1000) is None, "role changed without the key"
+    assert Sessions(b"x" * 32, 60).verify(cookie, now=1000) is None, "another key"
+    token = sessions.csrf(cookie)
+    assert sessions.check_csrf(cookie, token)
+    other = sessions.issue(User("ann", "technician"), now=1000)
+    assert not sessions.check_csrf(other, token), "a CSRF token belongs to one session"
+    assert not sessions.check_csrf(cookie, "")
+
+
+def test_adduser_reads_the_password_from_stdin_not_argv(tmp_path: Path) -> None:
+    conf = tmp_path / "edge.toml"
+    conf.write_text(f'[storage]\nstate_dir = "{tmp_path / "state"}"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "web",
+            "adduser",
+            "ann",
+            "--role=admin",
+            f"--config={conf}",
+        ],
+        input="a fine password\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    users = Users(tmp_path / "state" / "web-users.json")
+    assert users.login("ann", "a fine password") == User("ann", "admin")
+    short = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "web", "adduser", "bob", "--config", str(conf)],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert short.returncode == 2 and "too short" in short.stderr
+
+
+def test_web_settings_are_checked() -> None:
+    with pytest.raises(cfg.ConfigError, match="tls_cert_file and tls_key_file go together"):
+        cfg.parse({"web": {"tls_cert_file": "/x.pem"}})
+    with pytest.raises(cfg.ConfigError, match="open_view must be"):
+        cfg.parse({"web": {"open_view": "yes"}})
+    with pytest.raises(cfg.ConfigError, match="session_hours"):
+        cfg.parse({"web": {"session_hours": 0}})
+    assert cfg.parse({"web": {"open_view": True}}).web.open_view
+
+
+# ---- pages and API over the daemon's database ----
+
+
+def test_login_required_for_pages_and_api(site: dict[str, Any]) -> None:
+    c = client(site)
+    page = c.get("/slides")
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=/slides"
+    api = c.get("/api/v1/jobs")
+    assert api.status_code == 401 and "log in" in api.json()["detail"]
+    assert c.get("/api/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    wrong = c.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', wrong.text)
+    assert token
+    bad = c.post(
+        "/login",
+        data={"username": "tech", "password": "nope nope", "login_token": token[1]},
+    )
+    assert bad.status_code == 401 and "Wrong user name or password" in bad.text
+    assert "edge_session" not in bad.headers.get("set-cookie", "")
+
+
+def test_session_cookie_is_httponly_and_samesite_strict(site: dict[str, Any]) -> None:
+    c = client(site)
+    token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text)
+    assert token
+    done = c.post(
+        "/login",
+        data={"username": "tech", "password": PASSWORD, "login_token": token[1], "next": "//evil"},
+    )
+    cookie = done.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert done.headers["location"] == "/", "no redirect to another site"
+
+
+def test_login_form_needs_its_token(site: dict[str, Any]) -> None:
+    done = client(site).post("/login", data={"username": "tech", "password": PASSWORD})
+    assert done.status_code == 403 and "login form expired" in done.text
+
+
+def test_pages_show_the_daemon_run(site: dict[str, Any]) -> None:
+    c = login(site)
+    ids = site["ids"]
+    overview = c.get("/")
+    assert overview.status_code == 200
+    assert "slides today" in overview.text and "need attention" in overview.text
+    assert "ort-cpu" in overview.text, "the QC backend of the latest report"
+    slides = c.get("/slides")
+    assert "pen-kit.svs" in slides.text and "RESCAN" in slides.text
+    assert "pen marks" in slides.text, "the rescan reason beside the badge"
+    only = c.get("/slides", params={"verdict": "rescan"}).text
+    assert "pen-kit.svs" in only and "small-a.svs" not in only
+    assert "broken.svs" in c.get("/slides", params={"state": "quarantined"}).text
+    assert "small-b" in c.get("/slides", params={"q": "small-b"}).text
+    assert "small-a" not in c.get("/slides", params={"q": "small-b"}).text
+    assert "No slides match" in c.get("/slides", params={"q": "%"}).text, "LIKE wildcards escaped"
+    detail = c.get(f"/slides/{ids['pen-kit.svs']}").text
+    assert "Rescan this slide" in detail and 'data-layer="pen"' in detail
+    assert "QC numbers" in detail and "local" in detail, "send history per destination"
+    assert "done" in detail
+    assert "local" in c.get("/destinations").text
+    assert "job:done" in c.get("/audit").text
+
+
+def test_images_come_from_a_fixed_list(site: dict[str, Any]) -> None:
+    c = login(site)
+    pen = site["ids"]["pen-kit.svs"]
+    heat = c.get(f"/slides/{pen}/image/pen")
+    assert heat.status_code == 200 and heat.headers["content-type"] == "image/png"
+    assert heat.content[:8] == b"\x89PNG\r\n\x1a\n"
+    mosaic = c.get(f"/slides/{pen}/image/slide")
+    assert mosaic.status_code == 200 and mosaic.content[:2] == b"\xff\xd8"
+    for name in ("..%2F..%2F..%2Fetc%2Fpasswd", "report.json", "%2E%2E", "pen.png", "slide.jpg"):
+        bad = c.get(f"/slides/{pen}/image/{name}")
+        assert bad.status_code == 404, (name, bad.status_code)
+        assert "images are" in bad.text or "Not Found" in bad.text
+    assert c.get(f"/slides/{pen}/image/../../../../etc/passwd").status_code == 404
+    broken = site["ids"]["broken.svs"]
+    none = c.get(f"/slides/{broken}/image/pen")
+    assert none.status_code == 404 and "no pen image" in none.text
+
+
+def test_bad_input_is_4xx_with_a_reason(site: dict[str, Any]) -> None:
+    c = login(site)
+    h = {"Authorization": f"Bearer {site['token']}"}
+    cases = [
+        ("/slides/424242", 404, "no slide with id 424242"),
+        ("/api/v1/jobs/424242", 404, "no slide with id 424242"),
+        ("/slides/abc", 422, "job_id"),
+        ("/api/v1/jobs/0", 422, "greater than or equal to 1"),
+        ("/api/v1/jobs/99999999999999999999999", 422, "less than or equal"),
+        ("/slides?state=bogus", 400, "choose one of"),
+        ("/api/v1/jobs?state=bogus", 422, "state"),
+        ("/api/v1/jobs?limit=100000", 422, "limit"),
+        ("/slides?q=" + "x" * 300, 422, "at most 200"),
+        ("/slides?q=" + "x" * 5000, 414, "query string longer than"),
+        ("/api/v1/events?before=-1", 422, "before"),
+    ]
+    for path, status, words in cases:
+        done = c.get(path, headers=h)
+        assert done.status_code == status, (path, done.status_code, done.text[:200])
+        assert words in done.text, (path, done.text[:300])
+    broken = c.post(
+        "/api/v1/jobs/1/review",
+        content=b"{not json",
+        headers={**h, "Content-Type": "application/json"},
+    )
+    assert broken.status_code == 422 and "JSON" in broken.text
+    long_note = c.post("/api/v1/jobs/1/review", json={"note": "x" * 500}, headers=h)
+    assert long_note.status_code == 422 and "note" in long_note.text
+
+
+def test_actions_need_login_and_csrf(site: dict[str, Any]) -> None:
+    broken = site["ids"]["broken.svs"]
+    anonymous = client(site).post(f"/slides/{broken}/retry")
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    assert client(site).post(f"/api/v1/jobs/{broken}/retry").status_code == 401
+    c = login(site)
+    no_token = c.post(f"/slides/{broken}/retry")
+    assert no_token.status_code == 403 and "CSRF" in no_token.text
+    wrong = c.post(f"/slides/{broken}/retry", data={"csrf": "forged"})
+    assert wrong.status_code == 403
+    api = c.post(f"/api/v1/jobs/{broken}/retry", headers={"X-CSRF-Token": "forged"})
+    assert api.status_code == 403 and "CSRF" in api.json()["detail"]
+    assert job_state(site, broken) == "quarantined", "nothing happened"
+    csrf = csrf_of(c, f"/slides/{broken}")
+    park = c.post(f"/slides/{broken}/park", data={"csrf": csrf})
+    assert park.status_code == 403 and "admin" in park.text, "parking is for admins"
+
+
+def test_review_and_resend_are_audited(site: dict[str, Any]) -> None:
+    c = login(site)
+    pen = site["ids"]["pen-kit.svs"]
+    csrf = csrf_of(c, f"/slides/{pen}")
+    done = c.post(f"/slides/{pen}/review", data={"csrf": csrf, "note": "pen on label side"})
+    assert done.status_code == 303
+    page = c.get(done.headers["location"]).text
+    assert "Marked reviewed" in page and "reviewed by tech" in page
+    assert "web:reviewed" in c.get("/audit").text
+    nothing = c.post(f"/slides/{pen}/resend", data={"csrf": csrf})
+    assert nothing.status_code == 409 and "no failed or parked sends" in nothing.text
+    api = c.get(f"/api/v1/jobs/{pen}").json()
+    assert api["reviewed_by"] == "tech" and api["verdict"] == "rescan"
+    assert api["report"]["classes"]["pen"]["fraction_of_tissue"] > 0.05
+    assert api["sends"][0]["destination"] == "local" and api["sends"][0]["counts"]["delivered"]
+
+
+def test_admin_parks_and_resends_deliveries(site: dict[str, Any]) -> None:
+    small = site["ids"]["small-a.svs"]
+    database = site["config"].state_dir / DATABASE
+    conn = connect(database)
+    try:  # as the forwarder leaves rows after a PACS refused them
+        conn.execute(
+            "UPDATE deliveries SET state = 'failed', last_error = 'C-STORE refused 0xA700' "
+            "WHERE instance_id IN (SELECT id FROM instances WHERE slide_key = ?)",
+            (f"job-{small}",),
+        )
+    finally:
+        conn.close()
+    c = login(site, "boss")
+    csrf = csrf_of(c, f"/slides/{small}")
+    assert "C-STORE refused" in c.get(f"/slides/{small}").text
+    parked = c.post(f"/slides/{small}/park", data={"csrf": csrf})
+    assert parked.status_code == 303 and "parked" in parked.headers["location"]
+    states = httpx.get(
+        f"{site['url']}/api/v1/jobs/{small}",
+        headers={"Authorization": f"Bearer {site['token']}"},
+    ).json()["sends"][0]["counts"]
+    assert states["parked"] > 0 and states["failed"] == 0
+    again = c.post(
+        f"/api/v1/jobs/{small}/resend",
+        json={"destination": "local"},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert again.status_code == 200 and again.json()["changed"] == states["parked"]
+    events = c.get("/api/v1/events", params={"q": "web:"}).json()
+    assert {"web:park", "web:resend"} <= {e["event"] for e in events}
+
+
+def test_api_token_retries_a_quarantined_job(site: dict[str, Any]) -> None:
+    h = {"Authorization": f"Bearer {site['token']}"}
+    c = client(site)
+    broken = site["ids"]["broken.svs"]
+    listing = c.get("/api/v1/jobs", params={"state": "quarantined"}, headers=h).json()
+    assert [j["name"] for j in listing["jobs"]] == ["broken.svs"] and listing["total"] == 1
+    assert "truncated" in listing["jobs"][0]["error"]
+    done = c.post(f"/api/v1/jobs/{broken}/retry", headers=h)
+    assert done.status_code == 200, done.text
+    assert job_state(site, broken) == "queued"
+    twice = c.post(f"/api/v1/jobs/{broken}/retry", headers=h)
+    assert twice.status_code == 409 and "only failed or quarantined" in twice.json()["detail"]
+
+
+def test_metrics_health_and_openapi(site: dict[str, Any]) -> None:
+    c = client(site)
+    assert c.get("/healthz").json() == {"status": "ok"}
+    assert c.get("/readyz").status_code == 200
+    text = c.get("/metrics").text
+    assert 'edge_jobs{state="done"} 3.0' in text
+    assert re.search(r'edge_outbox_deliveries\{destination="local",state="delivered"\} \d+', text)
+    assert "edge_outbox_unsent_bytes" in text
+    schema = c.get("/openapi.json").json()
+    assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/retry"} <= set(
+        schema["paths"]
+    )
+
+
+def test_readyz_is_503_without_a_database(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path)
+    handle = serve(config, listen="127.0.0.1:0")
+    try:
+        c = httpx.Client(base_url=handle.url)
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "no state database" in ready.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+        assert "edge_state_readable 0.0" in c.get("/metrics").text
+    finally:
+        handle.stop()
+
+
+def test_open_view_lets_loopback_look_but_not_act(site: dict[str, Any]) -> None:
+    config = daemon_config(site["home"], open_view=True)
+    handle = serve(config, listen="127.0.0.1:0")
+    try:
+        c = httpx.Client(base_url=handle.url, follow_redirects=False)
+        assert c.get("/slides").status_code == 200
+        assert c.get("/api/v1/jobs").status_code == 200
+        acting = c.post(f"/api/v1/jobs/{site['ids']['small-b.tiff']}/review")
+        assert acting.status_code == 401
+    finally:
+        handle.stop()
+
+
+def test_serve_stops_and_reports_a_busy_port(site: dict[str, Any]) -> None:
+    from edge.web.server import WebError
+
+    config = daemon_config(site["home"])
+    first = serve(config, listen="127.0.0.1:0")
+    try:
+        with pytest.raises(WebError, match="cannot bind"):
+            serve(config, listen=f"127.0.0.1:{first.port}")
+    finally:
+        first.stop()
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{first.url}/healthz", timeout=2)
+    assert time.monotonic() - started < 5
