@@ -4,6 +4,7 @@ uvicorn server on a free port (edge.web.serve), with httpx as the client."""
 from __future__ import annotations
 
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -396,3 +397,68 @@ def test_serve_stops_and_reports_a_busy_port(site: dict[str, Any]) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{first.url}/healthz", timeout=2)
     assert time.monotonic() - started < 5
+
+
+def test_tls_when_configured(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    config = daemon_config(tmp_path, tls_cert_file=str(cert_file), tls_key_file=str(key_file))
+    handle = serve(config, listen="127.0.0.1:0")
+    try:
+        assert handle.url.startswith("https://")
+        with ca.cert_pem.tempfile() as ca_file:
+            context = ssl.create_default_context(cafile=ca_file)
+            done = httpx.get(f"{handle.url}/healthz", verify=context)
+        assert done.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(handle.url.replace("https", "http") + "/healthz", timeout=3)
+    finally:
+        handle.stop()
+    missing = daemon_config(tmp_path, tls_cert_file="/nope.pem", tls_key_file=str(key_file))
+    from edge.web.server import WebError
+
+    with pytest.raises(WebError, match=r"/nope\.pem does not exist"):
+        serve(missing, listen="127.0.0.1:0")
+
+
+def test_edge_web_serve_runs_alone_and_stops_on_sigterm(site: dict[str, Any]) -> None:
+    import signal
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = site["home"] / "edge.toml"
+    conf.write_text(
+        f'[storage]\nstate_dir = "{site["config"].state_dir}"\n[web]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "web", "serve", "--config", str(conf)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert f"dashboard on http://127.0.0.1:{port}" in line, line
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_bench_web_meets_its_target_small(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        import web_bench
+    finally:
+        sys.path.pop(0)
+    text, ok = web_bench.run(tmp_path, slides=300, instances=3000, runs=10)
+    assert ok, text
+    assert "| slides page (`/slides`) |" in text

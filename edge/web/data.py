@@ -214,9 +214,12 @@ def _public(dest: cfg.Destination) -> dict[str, Any]:
     return {"name": dest.name, "kind": dest.kind, "target": target, "tls": dest.tls}
 
 
-def destinations(conn: sqlite3.Connection, config: cfg.Config) -> list[dict[str, Any]]:
-    """Configured destinations (and any still in the outbox) with queue and health."""
-    stats = queries.stats(conn)["destinations"]
+def destinations(
+    conn: sqlite3.Connection, config: cfg.Config, outbox: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Configured destinations (and any still in the outbox) with queue and health; outbox is
+    queries.stats() when the caller already has it."""
+    stats = (outbox or queries.stats(conn))["destinations"]
     health = destination_health(conn)
     out = []
     names = [d.name for d in config.destinations]
@@ -282,7 +285,7 @@ def overview(
         (at - 3600,),
     ).fetchone()
     stats = queries.stats(conn)
-    dests = destinations(conn, config)
+    dests = destinations(conn, config, stats)
     disk: dict[str, float | None]
     try:
         usage = shutil.disk_usage(config.slides_dir)
