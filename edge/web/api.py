@@ -15,7 +15,26 @@ from pydantic import BaseModel, Field
 from edge.web import actions, data
 from edge.web.security import Caller, actor, admin, viewer
 
-router = APIRouter(prefix="/api/v1", tags=["api"])
+
+class Error(BaseModel):
+    detail: str = Field(description="what was wrong, in a sentence")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Error, "description": text}
+    for code, text in (
+        (400, "a body that cannot be parsed (not JSON, not UTF-8)"),
+        (401, "no login or API token"),
+        (403, "no CSRF token, or the role does not allow it"),
+        (404, "no such slide"),
+        (409, "the slide or its sends are not in a state this action applies to"),
+        (414, "query string too long"),
+        (422, "invalid parameters or body"),
+        (503, "the state database is not readable yet"),
+    )
+}
+
+router = APIRouter(prefix="/api/v1", tags=["api"], responses=ERRORS)
 
 Text = Annotated[str, Query(max_length=200)]
 JobId = Annotated[int, PathParam(ge=1, le=2**62, description="the slide's job id")]
