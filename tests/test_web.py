@@ -21,9 +21,11 @@ from edge.outbox.schema import DATABASE, connect
 from edge.web import serve
 from edge.web.app import users_path
 from edge.web.auth import AuthError, Sessions, User, Users, check_password, hash_password
+from tests.orthanc import Orthanc, free_port, orthanc
 from tests.web_state import build, daemon_config
 
 PASSWORD = "correct horse battery"
+__all__ = ["orthanc"]  # a fixture used by name
 
 
 @pytest.fixture(scope="module")
@@ -462,3 +464,47 @@ def test_bench_web_meets_its_target_small(tmp_path: Path) -> None:
     text, ok = web_bench.run(tmp_path, slides=300, instances=3000, runs=10)
     assert ok, text
     assert "| slides page (`/slides`) |" in text
+
+
+@pytest.mark.integration
+def test_connection_tests_reach_real_peers(site: dict[str, Any], orthanc: Orthanc) -> None:
+    closed = free_port()
+    dests = (
+        cfg.Destination("pacs", "cstore", port=orthanc.dicom_port, called_aet="ORTHANC"),
+        cfg.Destination("cloud", "stowrs", url=orthanc.dicomweb_url),
+        cfg.Destination("gone", "cstore", port=closed, timeout_s=3),
+        cfg.Destination("nowhere", "stowrs", url=f"http://127.0.0.1:{closed}/dicom-web"),
+        cfg.Destination("local", "folder", path=str(site["home"] / "outgoing")),
+        cfg.Destination("missing", "folder", path=str(site["home"] / "no-such-folder")),
+    )
+    base = daemon_config(site["home"])
+    config = cfg.Config(state_dir=base.state_dir, ingest=base.ingest, destinations=dests)
+    handle = serve(config, listen="127.0.0.1:0")
+    h = {"Authorization": f"Bearer {site['token']}"}
+    try:
+        c = httpx.Client(base_url=handle.url, headers=h, timeout=60)
+        got = {d.name: c.post(f"/api/v1/destinations/{d.name}/test").json() for d in dests}
+        assert got["pacs"]["ok"] and "C-ECHO" in got["pacs"]["message"], got["pacs"]
+        assert got["cloud"]["ok"] and "QIDO-RS" in got["cloud"]["message"], got["cloud"]
+        assert got["local"]["ok"] and "writable" in got["local"]["message"]
+        assert not got["gone"]["ok"] and "no DICOM association" in got["gone"]["message"]
+        assert not got["nowhere"]["ok"] and "ConnectError" in got["nowhere"]["message"]
+        assert not got["missing"]["ok"] and "does not exist" in got["missing"]["message"]
+        unknown = c.post("/api/v1/destinations/nope/test")
+        assert unknown.status_code == 404 and "configured: pacs, cloud" in unknown.json()["detail"]
+        audit = c.get("/api/v1/events", params={"q": "connection test"}).json()
+        assert {e["destination"] for e in audit} >= {"pacs", "gone"}
+    finally:
+        handle.stop()
+
+
+def test_test_connection_button(site: dict[str, Any]) -> None:
+    c = login(site)
+    assert client(site).post("/destinations/local/test").status_code == 303  # to the login
+    assert c.post("/destinations/local/test").status_code == 403, "no CSRF token"
+    csrf = csrf_of(c, "/destinations")
+    done = c.post("/destinations/local/test", data={"csrf": csrf})
+    assert done.status_code == 303 and "ok=1" in done.headers["location"]
+    page = c.get(done.headers["location"]).text
+    assert 'id="probe"' in page and "writable" in page
+    assert c.post("/destinations/nope/test", data={"csrf": csrf}).status_code == 404

@@ -15,13 +15,18 @@ from edge.outbox.store import Outbox
 
 
 def _audit(database: Path, job_id: int, action: str, detail: str) -> None:
+    record(database, action, f"job {job_id}: {detail}")
+
+
+def record(database: Path, action: str, detail: str, destination: str = "") -> None:
+    """An audit event `web:<action>` (the job's history finds it by "job N:" in detail)."""
     conn = open_database(database)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             "INSERT INTO events (at, destination, instance_id, event, detail) "
-            "VALUES (?, '', NULL, ?, ?)",
-            (time.time(), f"web:{action}", f"job {job_id}: {detail}"),
+            "VALUES (?, ?, NULL, ?, ?)",
+            (time.time(), destination, f"web:{action}", detail),
         )
         conn.execute("COMMIT")
     finally:

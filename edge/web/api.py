@@ -158,6 +158,25 @@ def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> l
         return data.destinations(conn, request.app.state.config)
 
 
+class ProbeResult(BaseModel):
+    ok: bool
+    message: str
+    seconds: float
+
+
+@router.post("/destinations/{name}/test", response_model=ProbeResult)
+def test_destination(
+    request: Request,
+    name: Annotated[str, PathParam(max_length=200)],
+    who: Annotated[Caller, Depends(actor)],
+) -> dict[str, Any]:
+    """Test connection: C-ECHO (cstore), QIDO-RS (stowrs), a write check (folder)."""
+    from edge.web.pages import probe_destination
+
+    result = probe_destination(request, name, who.name)
+    return {"ok": result.ok, "message": result.message, "seconds": result.seconds}
+
+
 @router.get("/stats")
 def stats(request: Request, who: Annotated[Caller, Depends(viewer)]) -> dict[str, Any]:
     """Jobs per state, today's and the last hour's slides, outbox counts, disk, alerts."""

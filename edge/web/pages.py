@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
-from edge.web import actions, data, images
+from edge.web import actions, data, images, probe
 from edge.web.security import LOGIN_COOKIE, SESSION_COOKIE, Caller, actor, admin, viewer
 
 router = APIRouter(include_in_schema=False)
@@ -201,6 +201,35 @@ def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> R
     with data.reader(request.app.state.config) as conn:
         found = data.destinations(conn, request.app.state.config)
     return render(request, "destinations.html", who, destinations=found)
+
+
+@router.post("/destinations/{name}/test")
+def test_destination(
+    request: Request,
+    name: Annotated[str, PathParam(max_length=200)],
+    who: Annotated[Caller, Depends(actor)],
+) -> Response:
+    result = probe_destination(request, name, who.name)
+    query = urlencode({"done": result.message, "ok": int(result.ok), "name": name})
+    return RedirectResponse(f"/destinations?{query}", status_code=303)
+
+
+def probe_destination(request: Request, name: str, user: str) -> probe.Probe:
+    """Shared with the API: 404 for a name that is not configured."""
+    config = request.app.state.config
+    found = [d for d in config.destinations if d.name == name]
+    if not found:
+        names = ", ".join(d.name for d in config.destinations) or "none configured"
+        raise HTTPException(404, f"no destination named {name!r} (configured: {names})")
+    result = probe.probe(found[0])
+    verdict = "ok" if result.ok else "failed"
+    actions.record(
+        request.app.state.database,
+        "test",
+        f"connection test by {user}: {verdict}: {result.message}",
+        destination=name,
+    )
+    return result
 
 
 @router.get("/audit")
