@@ -508,3 +508,26 @@ def test_test_connection_button(site: dict[str, Any]) -> None:
     page = c.get(done.headers["location"]).text
     assert 'id="probe"' in page and "writable" in page
     assert c.post("/destinations/nope/test", data={"csrf": csrf}).status_code == 404
+
+
+def test_daemon_health_shows_paused_ingest_and_silent_stages(site: dict[str, Any]) -> None:
+    from edge.daemon import Health
+
+    health = Health()
+    health.beat("ingest")
+    health.beats["convert-1"] = time.monotonic() - 600
+    health.ingest_paused = "disk 95% full (high-water mark 90%)"
+    handle = serve(site["config"], health, listen="127.0.0.1:0")
+    h = {"Authorization": f"Bearer {site['token']}"}
+    try:
+        stats = httpx.get(f"{handle.url}/api/v1/stats", headers=h).json()
+        assert "Ingest paused: disk 95% full (high-water mark 90%)" in stats["alerts"]
+        assert any("convert-1 silent" in a for a in stats["alerts"])
+        assert stats["stages"]["ingest"] < 60
+        page = httpx.get(f"{handle.url}/", headers=h).text
+        assert "Ingest paused" in page and "convert-1" in page
+        metrics = httpx.get(f"{handle.url}/metrics").text
+        assert "edge_ingest_paused 1.0" in metrics
+        assert 'edge_stage_heartbeat_age_seconds{stage="convert-1"}' in metrics
+    finally:
+        handle.stop()

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from edge.jobs import JobStore
+from edge.outbox.schema import DATABASE
 from edge.web import serve
 from edge.web.app import users_path
 from edge.web.auth import Users
@@ -56,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     Users(users_path(config)).add("tech", "technician", PASSWORD)
     handle = serve(config, listen="127.0.0.1:0")
     try:
-        yield {"url": handle.url, "ids": ids}
+        yield {"url": handle.url, "ids": ids, "database": config.state_dir / DATABASE}
     finally:
         handle.stop()
 
@@ -138,6 +140,13 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     assert "Slide queued again" in page.inner_text(".notice")
     assert "web:retry" in page.inner_text("table.events")
     shot(page, "retried")
+    # The daemon picks the slide up: the open page follows without a reload.
+    with JobStore(site["database"]) as jobs:
+        claimed = jobs.claim()
+    assert claimed is not None and claimed.id == broken
+    page.wait_for_function(
+        "document.querySelector('#job-state').innerText.trim() === 'running'", timeout=15000
+    )
 
     page.goto(f"{base}/destinations")
     assert "local" in page.inner_text("main")

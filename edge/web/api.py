@@ -183,7 +183,7 @@ def stats(request: Request, who: Annotated[Caller, Depends(viewer)]) -> dict[str
     health = request.app.state.health
     paused = str(getattr(health, "ingest_paused", "") or "")
     with data.reader(request.app.state.config) as conn:
-        return data.overview(conn, request.app.state.config, paused)
+        return data.overview(conn, request.app.state.config, paused, stages=data.stage_ages(health))
 
 
 @router.get("/events")

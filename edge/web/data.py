@@ -268,8 +268,24 @@ def read_report(path: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
+SILENT_S = 120.0  # a stage that has not beaten this long is reported (they beat every few s)
+
+
+def stage_ages(health: Any) -> dict[str, float]:
+    """Seconds since each daemon stage's last heartbeat ({} when not inside the daemon)."""
+    beats = getattr(health, "beats", None)
+    if not beats:
+        return {}
+    now = time.monotonic()
+    return {stage: round(now - at, 1) for stage, at in sorted(dict(beats).items())}
+
+
 def overview(
-    conn: sqlite3.Connection, config: cfg.Config, ingest_paused: str = "", now: float | None = None
+    conn: sqlite3.Connection,
+    config: cfg.Config,
+    ingest_paused: str = "",
+    now: float | None = None,
+    stages: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     at = time.time() if now is None else now
     local = time.localtime(at)
@@ -300,6 +316,9 @@ def overview(
     used = disk["used_fraction"]
     if used is not None and used >= high:
         alerts.append(f"Disk {used:.0%} full (high-water mark {high:.0%})")
+    for stage, age in (stages or {}).items():
+        if age > SILENT_S:
+            alerts.append(f"Stage {stage} silent for {age:.0f} s (stuck?)")
     for d in dests:
         if d["failing"]:
             alerts.append(f"Destination {d['name']} failing: {d['last_error']}")
@@ -326,6 +345,7 @@ def overview(
         "disk": disk,
         "backend": latest_backend(conn),
         "ingest_paused": ingest_paused,
+        "stages": stages or {},
         "alerts": alerts,
     }
 

@@ -56,7 +56,12 @@ def job_or_404(request: Request, job_id: int) -> dict[str, Any]:
 @router.get("/")
 def overview(request: Request, who: Annotated[Caller, Depends(viewer)]) -> Response:
     with data.reader(request.app.state.config) as conn:
-        found = data.overview(conn, request.app.state.config, _paused(request))
+        found = data.overview(
+            conn,
+            request.app.state.config,
+            _paused(request),
+            stages=data.stage_ages(request.app.state.health),
+        )
         recent, _ = data.list_jobs(conn, data.JobFilter(limit=8))
     return render(request, "overview.html", who, o=found, recent=recent)
 
