@@ -531,3 +531,35 @@ def test_daemon_health_shows_paused_ingest_and_silent_stages(site: dict[str, Any
         assert 'edge_stage_heartbeat_age_seconds{stage="convert-1"}' in metrics
     finally:
         handle.stop()
+
+
+def test_deep_zoom_tiles_are_the_dicom_frames(site: dict[str, Any]) -> None:
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    c = login(site)
+    pen = site["ids"]["pen-kit.svs"]
+    page = c.get(f"/slides/{pen}/view")
+    assert page.status_code == 200 and "data-levels" in page.text
+    with JobStore(site["config"].state_dir / DATABASE) as jobs:
+        job = jobs.get(pen)
+    assert job is not None
+    for level in (0, 1):
+        ds = pydicom.dcmread(Path(job["output"]) / f"level-{level:02d}.dcm")
+        columns = -(-int(ds.TotalPixelMatrixColumns) // int(ds.Columns))
+        frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+        for index in (0, len(frames) // 2, len(frames) - 1):
+            got = c.get(f"/slides/{pen}/tiles/{level}/{index % columns}/{index // columns}.jpg")
+            assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+            assert got.content.rstrip(b"\0") == frames[index].rstrip(b"\0"), (level, index)
+    for path, status, words in (
+        (f"/slides/{pen}/tiles/9/0/0.jpg", 404, "has levels 0..3"),
+        (f"/slides/{pen}/tiles/0/24/0.jpg", 404, "24 x 16 tiles"),
+        (f"/slides/{pen}/tiles/0/-1/0.jpg", 422, "column"),
+        (f"/slides/{pen}/tiles/99/0/0.jpg", 422, "level"),
+        (f"/slides/{pen}/tiles/0/0/..%2F..%2Fetc.jpg", 404, "Not Found"),
+        (f"/slides/{site['ids']['broken.svs']}/tiles/0/0/0.jpg", 404, "no DICOM output"),
+        ("/slides/424242/view", 404, "no slide with id 424242"),
+    ):
+        done = c.get(path)
+        assert done.status_code == status and words in done.text, (path, done.text[:300])

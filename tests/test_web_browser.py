@@ -28,7 +28,7 @@ from tests.web_state import build, daemon_config
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts" / "web"
 DOCS = REPO / "docs" / "screenshots"
-DOC_SHOTS = ("overview", "slides", "slide-detail")  # the pages docs/dashboard.md shows
+DOC_SHOTS = ("overview", "slides", "slide-detail", "deep-zoom")  # the pages docs/dashboard.md shows
 PASSWORD = "scanner-bench-1"
 
 pytestmark = pytest.mark.integration
@@ -120,6 +120,34 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     shot(page, "slide-detail")
     page.uncheck('input[data-layer="pen"]')
     assert not overlay.is_visible()
+
+    # Deep zoom: the DICOM levels as tiles; zooming in switches to finer levels.
+    page.click("#zoom")
+    page.wait_for_url(f"{base}/slides/{site['ids']['pen-kit.svs']}/view")
+    viewer = page.locator("#deepzoom")
+    page.wait_for_function("document.querySelectorAll('#deepzoom img.tile').length > 0")
+    coarse = int(viewer.get_attribute("data-level") or "-1")
+    for _ in range(2):
+        page.click("#zoom-in")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#deepzoom .plane:last-child img.tile'))"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=15000,
+    )
+    fine = int(viewer.get_attribute("data-level") or "-1")
+    assert fine < coarse, (coarse, fine)
+    box = viewer.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 - 500, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#deepzoom img.tile'))"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=15000,
+    )
+    shot(page, "deep-zoom")
 
     broken = site["ids"]["broken.svs"]
     page.goto(f"{base}/slides/{broken}")

@@ -368,4 +368,19 @@ def heatmap_file(job: dict[str, Any], name: str, roots: tuple[Path, ...]) -> Pat
     return resolved
 
 
+def output_folder(job: dict[str, Any], roots: tuple[Path, ...]) -> Path | None:
+    """The job's DICOM folder, only when it lies under one of the data folders."""
+    if not job.get("output"):
+        return None
+    try:
+        resolved = Path(job["output"]).resolve(strict=True)
+    except OSError:
+        return None
+    if not resolved.is_dir():
+        return None
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        return None
+    return resolved
+
+
 __all__ = ["JOB_STATES", "STATES", "VERDICTS"]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
-from edge.web import actions, data, images, probe
+from edge.web import actions, data, images, probe, tiles
 from edge.web.security import LOGIN_COOKIE, SESSION_COOKIE, Caller, actor, admin, viewer
 
 router = APIRouter(include_in_schema=False)
@@ -142,7 +142,57 @@ def image(
     return Response(images.overlay_png(path, name), media_type="image/png", headers=headers)
 
 
-def _back(job_id: JobId, message: str) -> RedirectResponse:
+def _pyramid(request: Request, job_id: int) -> list[tiles.Level]:
+    job = job_or_404(request, job_id)
+    folder = data.output_folder(job, request.app.state.roots)
+    if folder is None:
+        raise HTTPException(404, f"slide {job_id} has no DICOM output to view")
+    try:
+        found = tiles.levels(folder)
+    except tiles.TileError as exc:
+        raise HTTPException(404, f"slide {job_id} cannot be viewed: {exc.args[0]}") from exc
+    if not found:
+        raise HTTPException(404, f"slide {job_id} has no pyramid levels (delivered and removed?)")
+    return found
+
+
+@router.get("/slides/{job_id}/view")
+def viewer_page(
+    request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer)]
+) -> Response:
+    job = job_or_404(request, job_id)
+    found = _pyramid(request, job_id)
+    return render(request, "view.html", who, job=job, levels=[lv.public() for lv in found])
+
+
+@router.get("/slides/{job_id}/tiles/{level}/{column}/{row}.jpg")
+def tile(
+    request: Request,
+    job_id: JobId,
+    level: Annotated[int, PathParam(ge=0, lt=tiles.MAX_LEVELS)],
+    column: Annotated[int, PathParam(ge=0, le=1_000_000)],
+    row: Annotated[int, PathParam(ge=0, le=1_000_000)],
+    who: Annotated[Caller, Depends(viewer)],
+) -> Response:
+    """One tile of one level: every part of the URL is a number, never a path."""
+    found = _pyramid(request, job_id)
+    if level >= len(found):
+        raise HTTPException(404, f"slide {job_id} has levels 0..{len(found) - 1}")
+    lv = found[level]
+    if column >= lv.columns or row >= lv.rows:
+        raise HTTPException(
+            404, f"level {level} has {lv.columns} x {lv.rows} tiles; no tile {column}, {row}"
+        )
+    try:
+        body = tiles.tile(lv, column, row)
+    except (tiles.TileError, OSError) as exc:
+        raise HTTPException(404, f"tile unreadable: {exc}") from exc
+    return Response(
+        body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+def _back(job_id: int, message: str) -> RedirectResponse:
     return RedirectResponse(f"/slides/{job_id}?{urlencode({'done': message})}", status_code=303)
 
 
