@@ -563,3 +563,27 @@ def test_deep_zoom_tiles_are_the_dicom_frames(site: dict[str, Any]) -> None:
     ):
         done = c.get(path)
         assert done.status_code == status and words in done.text, (path, done.text[:300])
+
+
+def test_headers_body_limit_and_local_redirects_only(site: dict[str, Any]) -> None:
+    c = client(site)
+    page = c.get("/login")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text and "onerror=" not in page.text
+    big = c.post(
+        "/api/v1/jobs/1/review",
+        content=b"{" + b" " * 100_000 + b"}",
+        headers={"Authorization": f"Bearer {site['token']}", "Content-Type": "application/json"},
+    )
+    assert big.status_code == 413 and "over 65536 bytes" in big.json()["detail"]
+    for target in ("/\\evil.example", "//evil.example", "https://evil.example", "/ok\\x"):
+        token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text)
+        assert token
+        done = c.post(
+            "/login",
+            data={"username": "tech", "password": PASSWORD, "login_token": token[1]}
+            | {"next": target},
+        )
+        assert done.headers["location"] == "/", target

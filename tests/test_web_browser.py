@@ -83,6 +83,11 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(str(exc)))
+    # CSP violations and failed loads show up as console errors.
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on(
+        "response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
+    )
     base = site["url"]
 
     page.goto(f"{base}/slides")
@@ -130,12 +135,12 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     page.click("#zoom")
     page.wait_for_url(f"{base}/slides/{site['ids']['pen-kit.svs']}/view")
     viewer = page.locator("#deepzoom")
-    page.wait_for_function("document.querySelectorAll('#deepzoom img.tile').length > 0")
+    page.wait_for_function("() => document.querySelectorAll('#deepzoom img.tile').length > 0")
     coarse = int(viewer.get_attribute("data-level") or "-1")
     for _ in range(2):
         page.click("#zoom-in")
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('#deepzoom .plane:last-child img.tile'))"
+        "() => Array.from(document.querySelectorAll('#deepzoom .plane:last-child img.tile'))"
         ".every(i => i.complete && i.naturalWidth > 0)",
         timeout=15000,
     )
@@ -148,7 +153,7 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     page.mouse.move(box["x"] + box["width"] / 2 - 500, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('#deepzoom img.tile'))"
+        "() => Array.from(document.querySelectorAll('#deepzoom img.tile'))"
         ".every(i => i.complete && i.naturalWidth > 0)",
         timeout=15000,
     )
@@ -178,7 +183,8 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
         claimed = jobs.claim()
     assert claimed is not None and claimed.id == broken
     page.wait_for_function(
-        "document.querySelector('#job-state').innerText.trim() === 'running'", timeout=15000
+        "() => document.querySelector('#job-state').innerText.trim() === 'running'",
+        timeout=15000,
     )
 
     page.goto(f"{base}/destinations")

@@ -28,6 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "no CSRF token, or the role does not allow it"),
         (404, "no such slide"),
         (409, "the slide or its sends are not in a state this action applies to"),
+        (413, "request body too large"),
         (414, "query string too long"),
         (422, "invalid parameters or body"),
         (503, "the state database is not readable yet"),

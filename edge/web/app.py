@@ -30,6 +30,13 @@ from edge.web.security import Forbidden, LoginRequired
 LOGGER = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_QUERY = 2048  # bytes of query string; filters never need more
+MAX_BODY = 64 * 1024  # bytes of a request body; forms and action bodies are tiny
+# Everything from this server: no CDN, no inline script (style attributes carry the class
+# colours of the heatmap toggles).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def users_path(config: cfg.Config) -> Path:
@@ -53,7 +60,7 @@ def create_app(config: cfg.Config, health: Any = None) -> FastAPI:
         title="edge appliance",
         version=__version__,
         description="Slides, QC verdicts and the outbox of the scanner-side edge appliance.",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads from a CDN: not on a clinical appliance
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -76,10 +83,14 @@ def create_app(config: cfg.Config, health: Any = None) -> FastAPI:
     async def limits(request: Request, call_next: Any) -> Response:
         if len(request.url.query) > MAX_QUERY:
             return _error(request, 414, f"query string longer than {MAX_QUERY} bytes")
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return _error(request, 413, f"request body over {MAX_BODY} bytes (or a bad length)")
         response: Response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CSP)
         return response
 
     @app.exception_handler(LoginRequired)

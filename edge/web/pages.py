@@ -304,7 +304,8 @@ def audit(
 
 def _safe_next(target: str) -> str:
     """Only a local path: never an open redirect to another site."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    local = target.startswith("/") and not target.startswith(("//", "/\\"))
+    return target if local and "\\" not in target and "\n" not in target else "/"
 
 
 @router.get("/login")

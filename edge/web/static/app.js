@@ -41,6 +41,12 @@
     } catch (e) { /* offline for a moment: try again next time */ }
   }
 
+  // A thumbnail that cannot load (no QC output) leaves the grey box rather than a broken icon.
+  document.addEventListener("error", function (event) {
+    const img = event.target;
+    if (img instanceof HTMLImageElement && img.closest(".thumb")) img.remove();
+  }, true);
+
   document.addEventListener("DOMContentLoaded", function () {
     layers();
     window.setInterval(refresh, PERIOD_MS);
