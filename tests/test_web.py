@@ -587,3 +587,40 @@ def test_headers_body_limit_and_local_redirects_only(site: dict[str, Any]) -> No
             | {"next": target},
         )
         assert done.headers["location"] == "/", target
+
+
+@pytest.mark.parametrize("codec", ["jpeg2000", "htj2k"])
+def test_tiles_of_other_codecs_become_jpeg(tmp_path: Path, codec: str) -> None:
+    import io
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    from edge.slide.synthetic import write_slide
+    from edge.web import tiles
+    from tests.helpers import run_edge
+
+    slide = write_slide(tmp_path / "s.svs", 2200, 1600, "svs", seed=5)
+    out = tmp_path / "out"
+    done = run_edge("convert", str(slide), "-o", str(out), "--format", codec, "--dyadic")
+    assert done.returncode == 0, done.stderr
+    folder = next(p for p in out.iterdir() if p.is_dir())
+    found = tiles.levels(folder)
+    derived = [lv for lv in found if lv.transfer_syntax != tiles.JPEG_BASELINE]
+    assert derived, "the levels --dyadic builds use the chosen codec"
+    level = derived[0]
+    ds = pydicom.dcmread(level.path)
+    if codec == "jpeg2000":  # pydicom's own decoder: an independent reading
+        expected = ds.pixel_array[0] if int(ds.NumberOfFrames) > 1 else ds.pixel_array
+    else:  # pydicom cannot decode HTJ2K: the frame straight from pydicom's parser
+        import imagecodecs
+        from pydicom.encaps import generate_frames
+
+        first = next(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+        expected = imagecodecs.imread(first)
+    body = tiles.tile(level, 0, 0)
+    assert body[:2] == b"\xff\xd8", "the browser gets a JPEG"
+    got = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.float64)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).mean() < 4.0, "the same pixels, re-encoded"
