@@ -461,7 +461,8 @@ def test_bench_web_meets_its_target_small(tmp_path: Path) -> None:
         import web_bench
     finally:
         sys.path.pop(0)
-    text, ok = web_bench.run(tmp_path, slides=300, instances=3000, runs=10)
+    # 40 runs: p95 is the 38th, so one stall of this shared machine does not decide it.
+    text, ok = web_bench.run(tmp_path, slides=300, instances=3000, runs=40)
     assert ok, text
     assert "| slides page (`/slides`) |" in text
 
@@ -624,3 +625,41 @@ def test_tiles_of_other_codecs_become_jpeg(tmp_path: Path, codec: str) -> None:
     got = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=np.float64)
     assert got.shape == expected.shape
     assert np.abs(got - expected).mean() < 4.0, "the same pixels, re-encoded"
+
+
+def test_failed_logins_are_throttled_and_audited(site: dict[str, Any]) -> None:
+    c = client(site)
+
+    def attempt(password: str) -> httpx.Response:
+        token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text)
+        assert token
+        return c.post(
+            "/login",
+            data={"username": "boss", "password": password, "login_token": token[1]},
+        )
+
+    for _ in range(5):
+        assert attempt("wrong password").status_code == 401
+    blocked = attempt(PASSWORD)
+    assert blocked.status_code == 429 and "too many failed logins" in blocked.text
+    events = httpx.get(
+        f"{site['url']}/api/v1/events",
+        params={"q": "login failed for boss"},
+        headers={"Authorization": f"Bearer {site['token']}"},
+    ).json()
+    assert len(events) == 5 and "wrong password" not in str(events)
+
+
+def test_throttle_window() -> None:
+    from edge.web.auth import Throttle
+
+    throttle = Throttle(limit=2, window_s=10)
+    keys = ("user:a",)
+    throttle.failed(keys, now=0)
+    assert throttle.wait_s(keys, now=1) == 0
+    throttle.failed(keys, now=1)
+    assert throttle.wait_s(keys, now=2) == 8
+    assert throttle.wait_s(keys, now=11) == 0, "the oldest failure left the window"
+    throttle.failed(keys, now=12)
+    throttle.succeeded(keys)
+    assert throttle.wait_s(keys, now=12) == 0

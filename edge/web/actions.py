@@ -19,7 +19,10 @@ def _audit(database: Path, job_id: int, action: str, detail: str) -> None:
 
 
 def record(database: Path, action: str, detail: str, destination: str = "") -> None:
-    """An audit event `web:<action>` (the job's history finds it by "job N:" in detail)."""
+    """An audit event `web:<action>` (the job's history finds it by "job N:" in detail).
+    Nothing when the daemon has not made the database yet: the dashboard never creates it."""
+    if not database.is_file():
+        return
     conn = open_database(database)
     try:
         conn.execute("BEGIN IMMEDIATE")

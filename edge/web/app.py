@@ -23,7 +23,7 @@ from edge import __version__
 from edge import config as cfg
 from edge.outbox.schema import DATABASE
 from edge.web import api, metrics, pages
-from edge.web.auth import AuthError, Sessions, Users
+from edge.web.auth import AuthError, Sessions, Throttle, Users
 from edge.web.data import NotReady
 from edge.web.security import Forbidden, LoginRequired
 
@@ -73,6 +73,7 @@ def create_app(config: cfg.Config, health: Any = None) -> FastAPI:
         users_file.with_name(users_file.name + ".key"), config.web.session_hours * 3600
     )
     app.state.roots = (config.slides_dir, config.state_dir)
+    app.state.throttles = (Throttle(limit=5), Throttle(limit=30))  # per user name, per client
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["when"] = _when
     templates.env.filters["ago"] = _ago

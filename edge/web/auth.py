@@ -204,3 +204,44 @@ class Sessions:
 
     def check_csrf(self, cookie: str, token: str) -> bool:
         return bool(token) and hmac.compare_digest(token, self.csrf(cookie))
+
+
+class Throttle:
+    """Failed logins per user name and per client address: after `limit` failures within
+    `window_s`, further tries wait until the oldest failure leaves the window (in memory:
+    a restart forgives, which is fine for a bench-side box)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0, max_keys: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._fails: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, keys: tuple[str, ...], now: float | None = None) -> float:
+        """Seconds to wait before another try (0: go ahead)."""
+        at = time.monotonic() if now is None else now
+        with self._lock:
+            wait = 0.0
+            for key in keys:
+                recent = [t for t in self._fails.get(key, []) if at - t < self.window_s]
+                if recent:
+                    self._fails[key] = recent
+                else:
+                    self._fails.pop(key, None)
+                if len(recent) >= self.limit:
+                    wait = max(wait, recent[0] + self.window_s - at)
+            return wait
+
+    def failed(self, keys: tuple[str, ...], now: float | None = None) -> None:
+        at = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self._fails) >= self.max_keys:
+                self._fails.clear()  # a flood of names: forget rather than grow
+            for key in keys:
+                self._fails.setdefault(key, []).append(at)
+
+    def succeeded(self, keys: tuple[str, ...]) -> None:
+        with self._lock:
+            for key in keys:
+                self._fails.pop(key, None)
