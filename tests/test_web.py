@@ -208,6 +208,12 @@ def test_pages_show_the_daemon_run(site: dict[str, Any]) -> None:
     assert "small-b" in c.get("/slides", params={"q": "small-b"}).text
     assert "small-a" not in c.get("/slides", params={"q": "small-b"}).text
     assert "No slides match" in c.get("/slides", params={"q": "%"}).text, "LIKE wildcards escaped"
+    urgent = c.get("/slides", params={"priority": 90, "since": "today"}).text
+    assert "pen-kit.svs" in urgent and "small-a.svs" not in urgent, "kit slide: priority 90"
+    api = c.get("/api/v1/jobs", params={"priority": 90, "since": "24h"}).json()
+    assert [j["name"] for j in api["jobs"]] == ["pen-kit.svs"]
+    assert c.get("/slides", params={"since": "yesterday"}).status_code == 400
+    assert c.get("/api/v1/jobs", params={"priority": 101}).status_code == 422
     detail = c.get(f"/slides/{ids['pen-kit.svs']}").text
     assert "Rescan this slide" in detail and 'data-layer="pen"' in detail
     assert "QC numbers" in detail and "local" in detail, "send history per destination"

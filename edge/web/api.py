@@ -131,11 +131,14 @@ def jobs(
     state: Literal["", "queued", "running", "done", "failed", "quarantined"] = "",
     verdict: Literal["", "pass", "review", "rescan"] = "",
     stain: Text = "",
+    priority: Annotated[int, Query(ge=0, le=100, description="at least this priority")] = 0,
+    since: Literal["", "today", "24h", "7d"] = "",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> dict[str, Any]:
+    f = data.JobFilter(q, state, verdict, stain, limit, offset, priority, since)
     with data.reader(request.app.state.config) as conn:
-        rows, total = data.list_jobs(conn, data.JobFilter(q, state, verdict, stain, limit, offset))
+        rows, total = data.list_jobs(conn, f)
     return {"total": total, "limit": limit, "offset": offset, "jobs": rows}
 
 

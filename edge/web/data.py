@@ -39,6 +39,19 @@ class JobFilter:
     stain: str = ""
     limit: int = 50
     offset: int = 0
+    min_priority: int = 0  # triage priority at least this (0-100)
+    since: str = ""  # one of SINCE: found today, in the last 24 hours, in the last 7 days
+
+
+SINCE = ("today", "24h", "7d")
+
+
+def since_time(since: str, now: float | None = None) -> float | None:
+    at = time.time() if now is None else now
+    if since == "today":
+        local = time.localtime(at)
+        return time.mktime((local.tm_year, local.tm_mon, local.tm_mday, 0, 0, 0, 0, 0, -1))
+    return {"24h": at - 86400, "7d": at - 7 * 86400}.get(since)
 
 
 @contextmanager
@@ -81,7 +94,8 @@ _JOB_COLUMNS = (
 
 def list_jobs(conn: sqlite3.Connection, f: JobFilter) -> tuple[list[dict[str, Any]], int]:
     """A page of jobs, newest first, and how many match in all."""
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if f.q:
         where.append("j.name LIKE ? ESCAPE '\\'")
         escaped = f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -90,6 +104,13 @@ def list_jobs(conn: sqlite3.Connection, f: JobFilter) -> tuple[list[dict[str, An
         if value:
             where.append(f"{column} = ?")
             args.append(value)
+    if f.min_priority:
+        where.append("j.priority >= ?")
+        args.append(f.min_priority)
+    start = since_time(f.since)
+    if start is not None:
+        where.append("j.created_at >= ?")
+        args.append(start)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     total = int(conn.execute(f"SELECT COUNT(*) FROM jobs j {clause}", args).fetchone()[0])
     rows = conn.execute(

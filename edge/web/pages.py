@@ -79,15 +79,25 @@ def slides(
     state: Text = "",
     verdict: Text = "",
     stain: Text = "",
+    priority: Annotated[int, Query(ge=0, le=100)] = 0,
+    since: Text = "",
     page: Annotated[int, Query(ge=1, le=100000)] = 1,
 ) -> Response:
     check_choice("state", state, data.JOB_STATES)
     check_choice("verdict", verdict, data.VERDICTS)
-    f = data.JobFilter(q, state, verdict, stain, PAGE, (page - 1) * PAGE)
+    check_choice("since", since, data.SINCE)
+    f = data.JobFilter(q, state, verdict, stain, PAGE, (page - 1) * PAGE, priority, since)
     with data.reader(request.app.state.config) as conn:
         rows, total = data.list_jobs(conn, f)
         known_stains = data.stains(conn)
-    query = {k: v for k, v in (("q", q), ("state", state), ("verdict", verdict), ("stain", stain))}
+    query = {
+        "q": q,
+        "state": state,
+        "verdict": verdict,
+        "stain": stain,
+        "priority": str(priority) if priority else "",
+        "since": since,
+    }
     return render(
         request,
         "slides.html",
@@ -100,6 +110,7 @@ def slides(
         stains=known_stains,
         states=data.JOB_STATES,
         verdicts=data.VERDICTS,
+        sinces=data.SINCE,
         query=urlencode({k: v for k, v in query.items() if v}),
     )
 
