@@ -359,6 +359,10 @@ def test_metrics_health_and_openapi(site: dict[str, Any]) -> None:
     assert 'edge_jobs{state="done"} 3.0' in text
     assert re.search(r'edge_outbox_deliveries\{destination="local",state="delivered"\} \d+', text)
     assert "edge_outbox_unsent_bytes" in text
+    sent = re.search(r'edge_outbox_delivered_bytes\{destination="local"\} (\S+)', text)
+    assert sent and float(sent[1]) > 1e6, "the kit slide's instances were delivered"
+    assert 'edge_outbox_retries{destination="local"}' in text
+    assert re.search(r"edge_slide_bytes_read_last_hour \d", text)
     schema = c.get("/openapi.json").json()
     assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/retry"} <= set(
         schema["paths"]

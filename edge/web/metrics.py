@@ -35,10 +35,17 @@ class StateCollector(Collector):
                 counts = job_counts(conn)
                 stats = queries.stats(conn)
                 health = data.destination_health(conn)
-                done_hour = conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE state = 'done' AND finished_at >= ?",
+                done_hour, read_hour, seconds_hour = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes_in), 0), COALESCE(SUM(seconds), 0) "
+                    "FROM jobs WHERE state = 'done' AND finished_at >= ?",
                     (time.time() - 3600,),
-                ).fetchone()[0]
+                ).fetchone()
+                sent = conn.execute(
+                    "SELECT d.destination, COALESCE(SUM(CASE WHEN d.state = 'delivered' "
+                    "THEN i.size END), 0), COALESCE(SUM(MAX(d.attempts - 1, 0)), 0) "
+                    "FROM deliveries d JOIN instances i ON i.id = d.instance_id "
+                    "GROUP BY d.destination"
+                ).fetchall()
         except (data.NotReady, Exception):  # a scrape must answer even when the db is gone
             up.add_metric([], 0)
             yield up
@@ -52,6 +59,28 @@ class StateCollector(Collector):
         hour = GaugeMetricFamily("edge_slides_done_last_hour", "slides finished in the last hour")
         hour.add_metric([], int(done_hour))
         yield hour
+        for name, value, doc in (
+            ("edge_slide_bytes_read_last_hour", read_hour, "scanner bytes of those slides"),
+            ("edge_slide_seconds_last_hour", seconds_hour, "conversion seconds spent on them"),
+        ):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value))
+            yield gauge
+        delivered = GaugeMetricFamily(
+            "edge_outbox_delivered_bytes",
+            "bytes delivered per destination (rows kept)",
+            labels=["destination"],
+        )
+        retries = GaugeMetricFamily(
+            "edge_outbox_retries",
+            "send attempts beyond the first, per destination",
+            labels=["destination"],
+        )
+        for dest, sent_bytes, extra in sent:
+            delivered.add_metric([dest], int(sent_bytes))
+            retries.add_metric([dest], int(extra))
+        yield delivered
+        yield retries
         dels = GaugeMetricFamily(
             "edge_outbox_deliveries",
             "outbox rows by destination and state",
