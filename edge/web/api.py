@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from edge.web import actions, data
+from edge.web import actions, data, status
+from edge.web.page_actions import probe_destination
 from edge.web.security import Caller, actor, admin, viewer
 
 
@@ -159,7 +160,7 @@ def job(
 @router.get("/destinations", response_model=list[Destination])
 def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> list[dict[str, Any]]:
     with data.reader(request.app.state.config) as conn:
-        return data.destinations(conn, request.app.state.config)
+        return status.destinations(conn, request.app.state.config)
 
 
 class ProbeResult(BaseModel):
@@ -175,8 +176,6 @@ def test_destination(
     who: Annotated[Caller, Depends(actor)],
 ) -> dict[str, Any]:
     """Test connection: C-ECHO (cstore), QIDO-RS (stowrs), a write check (folder)."""
-    from edge.web.pages import probe_destination
-
     result = probe_destination(request, name, who.name)
     return {"ok": result.ok, "message": result.message, "seconds": result.seconds}
 
@@ -187,7 +186,9 @@ def stats(request: Request, who: Annotated[Caller, Depends(viewer)]) -> dict[str
     health = request.app.state.health
     paused = str(getattr(health, "ingest_paused", "") or "")
     with data.reader(request.app.state.config) as conn:
-        return data.overview(conn, request.app.state.config, paused, stages=data.stage_ages(health))
+        return status.overview(
+            conn, request.app.state.config, paused, stages=status.stage_ages(health)
+        )
 
 
 @router.get("/events")

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edge import __version__
 from edge import config as cfg
 from edge.outbox.schema import DATABASE
-from edge.web import api, metrics, pages
+from edge.web import api, login, metrics, page_actions, pages, zoom
 from edge.web.auth import AuthError, Sessions, Throttle, Users
 from edge.web.data import NotReady
 from edge.web.security import Forbidden, LoginRequired
@@ -135,6 +135,9 @@ def create_app(config: cfg.Config, health: Any = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(pages.router)
+    app.include_router(zoom.router)
+    app.include_router(page_actions.router)
+    app.include_router(login.router)
     app.include_router(api.router)
     app.include_router(metrics.router)
     return app

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from edge import config as cfg
 from edge.jobs import job_counts
 from edge.outbox import queries
-from edge.web import data
+from edge.web import data, status
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +34,7 @@ class StateCollector(Collector):
             with data.reader(self.config) as conn:
                 counts = job_counts(conn)
                 stats = queries.stats(conn)
-                health = data.destination_health(conn)
+                health = status.destination_health(conn)
                 done_hour, read_hour, seconds_hour = conn.execute(
                     "SELECT COUNT(*), COALESCE(SUM(bytes_in), 0), COALESCE(SUM(seconds), 0) "
                     "FROM jobs WHERE state = 'done' AND finished_at >= ?",
