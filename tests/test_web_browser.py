@@ -140,9 +140,11 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     coarse = int(viewer.get_attribute("data-level") or "-1")
     for _ in range(2):
         page.click("#zoom-in")
+    # The second plane holds the tiles of the level for this zoom (the first: the smallest).
     page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('#deepzoom .plane:last-child img.tile'))"
-        ".every(i => i.complete && i.naturalWidth > 0)",
+        "() => { const t = Array.from("
+        "document.querySelectorAll('#deepzoom .plane:nth-child(2) img.tile'));"
+        " return t.length > 0 && t.every(i => i.complete && i.naturalWidth > 0); }",
         timeout=15000,
     )
     fine = int(viewer.get_attribute("data-level") or "-1")
@@ -154,10 +156,22 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     page.mouse.move(box["x"] + box["width"] / 2 - 500, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
     page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('#deepzoom img.tile'))"
-        ".every(i => i.complete && i.naturalWidth > 0)",
+        "() => { const t = Array.from(document.querySelectorAll('#deepzoom img.tile'));"
+        " return t.length > 0 && t.every(i => i.complete && i.naturalWidth > 0); }",
         timeout=15000,
     )
+    # The pen heatmap over the zoomed slide: it spans the slide as the tiles do.
+    page.check('input[data-zoom-layer="pen"]')
+    heat = page.locator('#deepzoom img.heat[data-class="pen"]')
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#deepzoom img.heat');"
+        " return i && i.complete && i.naturalWidth > 0 && i.style.width !== ''; }"
+    )
+    plane = float(
+        page.evaluate("() => parseFloat(document.querySelector('#deepzoom .plane').style.width)")
+    )
+    width = float(heat.evaluate("i => parseFloat(i.style.width)"))
+    assert abs(width - plane) / plane < 0.01, (width, plane)
     shot(page, "deep-zoom")
 
     broken = site["ids"]["broken.svs"]

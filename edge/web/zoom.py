@@ -53,7 +53,25 @@ def viewer_page(
 ) -> Response:
     job = job_or_404(request, job_id)
     found = _pyramid(request, job_id)
-    return render(request, "view.html", who, job=job, levels=[lv.public() for lv in found])
+    report = data.read_report(job["report"]) or {}
+    downsample = report.get("downsample")
+    roots = request.app.state.roots
+    # Heatmaps overlay the zoom only when the report says their scale (level-0 px per pixel).
+    layers = (
+        [c for c in data.HEATMAP_CLASSES if data.heatmap_file(job, c, roots) is not None]
+        if isinstance(downsample, int | float) and downsample > 0
+        else []
+    )
+    return render(
+        request,
+        "view.html",
+        who,
+        job=job,
+        levels=[lv.public() for lv in found],
+        layers=layers,
+        downsample=downsample or 0,
+        report=report,
+    )
 
 
 @router.get("/slides/{job_id}/tiles/{level}/{column}/{row}.jpg")

@@ -11,6 +11,8 @@
   const down = levels.map(function (l) { return W / l.width; });
   let s = 1, ox = 0, oy = 0, fit = 1, queued = false;
   const layers = [make(), make()];  // [0]: smallest level, [1]: the level for this zoom
+  const overlays = make();  // QC heatmaps: heatmap px = `ds` level-0 px
+  const ds = Number(box.dataset.downsample) || 0;
   const shown = [new Map(), new Map()];
 
   function make() {
@@ -83,11 +85,42 @@
       const i = pick();
       place(0, levels.length - 1);
       place(1, i);
+      placeOverlays();
       box.dataset.level = String(i);
       const info = document.getElementById("zoom-info");
       if (info) info.textContent = "level " + i + " · " + (s * 100).toFixed(s < 0.1 ? 1 : 0) + "% of full resolution";
     });
   }
+
+  function placeOverlays() {
+    overlays.style.left = (-ox * s) + "px";
+    overlays.style.top = (-oy * s) + "px";
+    overlays.style.width = (W * s) + "px";
+    overlays.style.height = (H * s) + "px";
+    overlays.querySelectorAll("img").forEach(function (img) {
+      if (!img.naturalWidth) return;
+      img.style.left = "0px";
+      img.style.top = "0px";
+      img.style.width = (img.naturalWidth * ds * s) + "px";
+      img.style.height = (img.naturalHeight * ds * s) + "px";
+    });
+  }
+
+  document.querySelectorAll("input[data-zoom-layer]").forEach(function (box_) {
+    box_.addEventListener("change", function () {
+      const name = box_.dataset.zoomLayer;
+      const old = overlays.querySelector('img[data-class="' + name + '"]');
+      if (old) old.remove();
+      if (!box_.checked || !ds) return;
+      const img = new Image();
+      img.alt = "";
+      img.className = "heat";
+      img.dataset.class = name;
+      img.addEventListener("load", draw);
+      img.src = "/slides/" + job + "/image/" + name;
+      overlays.appendChild(img);
+    });
+  });
 
   function zoom(factor, cx, cy) {
     const next = Math.min(4, Math.max(fit / 2, s * factor));
