@@ -9,7 +9,7 @@ written (palette PNGs, small) to docs/screenshots/ for the documentation (DOC_SH
 from __future__ import annotations
 
 import os
-import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # this run's screenshots only
     home = tmp_path_factory.mktemp("web-browser")
     ids = build(home)
     config = daemon_config(home)
@@ -80,6 +79,7 @@ def shot(page: Any, name: str) -> None:
 
 
 def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
+    started = time.time()
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
     problems: list[str] = []
@@ -210,7 +210,8 @@ def test_technician_flow(browser: Any, site: dict[str, Any]) -> None:
     shot(page, "audit")
     assert not problems, problems
     for name in ("login", "overview", "slides", "slide-detail", "deep-zoom", "destinations"):
-        assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000, name
+        made = (ARTIFACTS / f"{name}.png").stat()
+        assert made.st_size > 1000 and made.st_mtime >= started - 1, f"{name}: not from this run"
     context.close()
 
 
