@@ -31,6 +31,8 @@ run: $(STAMP)
 	@echo "  $(EDGE_HOME)/inbox/     (the sample slide is there; drop more SVS/NDPI/TIFF/DICOM in)"
 	@echo "and converts, analyses and sends each slide to the folder destination"
 	@echo "  $(EDGE_HOME)/outgoing/  (state database, converted slides and QC in $(EDGE_HOME)/state/)."
+	@echo "Dashboard: http://127.0.0.1:8080 (viewing open on this machine; for actions add a user:"
+	@echo "  $(EDGE) web adduser NAME --role admin --config ...  or see docs/dashboard.md)"
 	@echo "Slides and verdicts: $(EDGE) jobs --home $(EDGE_HOME) list    Stop: Ctrl-C"
 	$(EDGE) run --home $(EDGE_HOME) $(RUN_ARGS)
 

@@ -44,6 +44,8 @@ from edge.send import cmd_queue, cmd_send
 from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec, check_unit
 from edge.synth.writers import FORMATS as SYNTH_FORMATS
 from edge.synth.writers import MAX_SIDE, check_request, write
+from edge.web.cli import COMMANDS as WEB_COMMANDS
+from edge.web.cli import add_parsers as add_web_parsers
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -131,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     add_analysis_parsers(sub)
     add_daemon_parsers(sub)
     add_deid_parsers(sub)
+    add_web_parsers(sub)
     return parser
 
 
@@ -532,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.update(ANALYSIS_COMMANDS)
     commands.update(DAEMON_COMMANDS)
     commands.update(DEID_COMMANDS)
+    commands.update(WEB_COMMANDS)
     return commands[args.command](args)
 
 

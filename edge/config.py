@@ -148,6 +148,12 @@ class Web:
     """The dashboard and API (`[web]`)."""
 
     listen: str = "127.0.0.1:8080"  # address:port; localhost only unless set otherwise
+    enabled: bool = True  # serve the dashboard from `edge run` (`edge web serve` runs it alone)
+    open_view: bool = False  # let clients on this machine (loopback) view pages without a login
+    users_file: str = ""  # dashboard users, hashed passwords (default: <state_dir>/web-users.json)
+    session_hours: float = 12.0  # a login lasts this long
+    tls_cert_file: str = ""  # serve HTTPS with this certificate (PEM); empty: plain HTTP
+    tls_key_file: str = ""  # its private key (PEM, readable only by edge)
 
 
 @dataclass(frozen=True)
@@ -443,6 +449,10 @@ def _web(table: dict[str, Any], where: str) -> Web:
     host, _, port = values["listen"].rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: listen must be ADDRESS:PORT, found {values['listen']!r}")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError(f"{where}: tls_cert_file and tls_key_file go together")
+    if not 0 < values["session_hours"] <= 24 * 30:
+        raise ConfigError(f"{where}: session_hours must be above 0 and at most 720 (30 days)")
     return Web(**values)
 
 

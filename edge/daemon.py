@@ -120,6 +120,7 @@ class Daemon:
         self.watchdog = Watchdog.from_env()
         self.web_running = False  # set by the dashboard when it serves
         self._announced: Announced | None = None
+        self._web: Any = None
         self._secret: bytes | None = None
 
     # ---- life cycle ----
@@ -133,6 +134,7 @@ class Daemon:
             self.receiver = Receiver(self.config.receiver, self.spool)
             self.receiver.start()
         self._start_threads()
+        self._start_web()
         self._watch_stages()
         self._announce()
         self._notify("READY=1")
@@ -176,6 +178,8 @@ class Daemon:
             self.watchdog.stop()
             if self._announced is not None:
                 self._announced.close()
+            if self._web is not None:
+                self._web.stop()
             for thread in self._threads:
                 thread.join(timeout=60)
         LOGGER.info("edge stopped")
@@ -216,6 +220,22 @@ class Daemon:
         for watched in self.config.ingest.watch:
             if not Path(watched).is_dir():
                 LOGGER.warning("watch folder %s does not exist (yet); will keep looking", watched)
+
+    def _start_web(self) -> None:
+        """The dashboard, in this process (it reads the state database and the health of the
+        stages). Not in once-mode (a batch run has nobody watching); a port already taken is
+        logged and the appliance runs on without it."""
+        if not self.config.web.enabled or self.once:
+            return
+        from edge.web import serve
+
+        try:
+            self._web = serve(self.config, self.health)
+        except EdgeError as exc:
+            LOGGER.error("dashboard not started: %s", exc)
+            return
+        self.web_running = True
+        LOGGER.info("dashboard on %s", self._web.url)
 
     def _watch_stages(self) -> None:
         """systemd's watchdog is pinged only while these stages beat: a converter stuck in a
@@ -585,9 +605,11 @@ class Daemon:
 
 
 def embedded_defaults(home: Path) -> cfg.Config:
-    """A working appliance with no configuration file: everything under `home`."""
+    """A working appliance with no configuration file: everything under `home`; the dashboard
+    on localhost, viewable there without a login (actions still need one)."""
     return cfg.Config(
         state_dir=home / "state",
+        web=cfg.Web(open_view=True),
         ingest=cfg.Ingest(watch=(str(home / "inbox"),), settle_s=2.0, poll_s=1.0),
         destinations=(cfg.Destination(name="local", kind="folder", path=str(home / "outgoing")),),
     )

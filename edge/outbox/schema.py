@@ -120,6 +120,15 @@ MIGRATIONS: tuple[str, ...] = (
         last_id INTEGER NOT NULL
     );
     """,
+    # 5: a person marked a slide's QC result reviewed on the dashboard (latest mark per job).
+    """
+    CREATE TABLE reviews (
+        job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        reviewed_by TEXT NOT NULL,
+        reviewed_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 
