@@ -673,3 +673,30 @@ def test_throttle_window() -> None:
     throttle.failed(keys, now=12)
     throttle.succeeded(keys)
     assert throttle.wait_s(keys, now=12) == 0
+
+
+def test_slide_page_links_the_qc_dicom_objects_and_shows_the_label(site: dict[str, Any]) -> None:
+    """The SEG/SR/annotations written with the slide are listed and downloadable; the label
+    image is shown (the technician checks it against the requisition)."""
+    import io
+
+    import pydicom
+
+    c = login(site)
+    pen = site["ids"]["pen-kit.svs"]
+    detail = c.get(f"/slides/{pen}").text
+    assert "QC results in DICOM" in detail
+    for name, modality in (("seg", "SEG"), ("sr", "SR"), ("ann", "ANN")):
+        assert f"/slides/{pen}/dicom/{name}" in detail
+        got = c.get(f"/slides/{pen}/dicom/{name}")
+        assert got.status_code == 200 and got.headers["content-type"] == "application/dicom"
+        ds = pydicom.dcmread(io.BytesIO(got.content), stop_before_pixels=True)
+        assert ds.Modality == modality and str(ds.SOPInstanceUID) in detail
+    assert c.get(f"/slides/{pen}/dicom/report.json").status_code == 404
+    assert c.get(f"/slides/{pen}/dicom/..%2Fqc-seg.dcm").status_code == 404
+    label = c.get(f"/slides/{pen}/label")
+    assert label.status_code == 200 and label.content[:2] == b"\xff\xd8"
+    assert f'src="/slides/{pen}/label"' in detail
+    broken = site["ids"]["broken.svs"]
+    assert c.get(f"/slides/{broken}/label").status_code == 404
+    assert c.get(f"/slides/{broken}/dicom/sr").status_code == 404

@@ -250,3 +250,42 @@ def output_folder(job: dict[str, Any], roots: tuple[Path, ...]) -> Path | None:
 
 
 __all__ = ["JOB_STATES", "STATES", "VERDICTS"]
+
+
+QC_OBJECTS = {  # URL name -> (file in the slide folder, what it is)
+    "seg": ("qc-seg.dcm", "Segmentation (tissue and artifact masks)"),
+    "sr": ("qc-sr.dcm", "Structured report (verdict, reasons, numbers, models)"),
+    "ann": ("qc-ann.dcm", "Bulk annotations (artifact outlines)"),
+}
+
+
+def qc_object_file(job: dict[str, Any], name: str, roots: tuple[Path, ...]) -> Path | None:
+    """A QC result instance of the job (names from QC_OBJECTS only), under the data folders."""
+    folder = output_folder(job, roots)
+    if folder is None or name not in QC_OBJECTS:
+        return None
+    path = folder / QC_OBJECTS[name][0]
+    return path if path.is_file() else None
+
+
+def qc_objects(job: dict[str, Any], roots: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """The slide's QC results as DICOM, for the slide page: what, SOP Instance UID, size."""
+    import pydicom
+
+    found = []
+    for name, (_file, what) in QC_OBJECTS.items():
+        path = qc_object_file(job, name, roots)
+        if path is None:
+            continue
+        try:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        except Exception:  # a damaged file is shown as such, the page still renders
+            uid = "(unreadable)"
+        found.append({"name": name, "what": what, "uid": uid, "size": path.stat().st_size})
+    return found
+
+
+def label_file(job: dict[str, Any], roots: tuple[Path, ...]) -> Path | None:
+    folder = output_folder(job, roots)
+    path = folder / "label.dcm" if folder is not None else None
+    return path if path is not None and path.is_file() else None

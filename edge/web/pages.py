@@ -84,6 +84,8 @@ def slide(request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer
     roots = request.app.state.roots
     layers = [c for c in data.HEATMAP_CLASSES if data.heatmap_file(job, c, roots) is not None]
     mosaic = data.heatmap_file(job, "slide", roots) is not None
+    qc_objects = data.qc_objects(job, roots)
+    has_label = data.label_file(job, roots) is not None
     return render(
         request,
         "slide.html",
@@ -94,6 +96,8 @@ def slide(request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer
         events=events,
         layers=layers,
         mosaic=mosaic,
+        qc_objects=qc_objects,
+        has_label=has_label,
     )
 
 

@@ -65,6 +65,12 @@ def levels(folder: Path) -> list[Level]:
     return found
 
 
+def levels_of_file(path: Path) -> Level:
+    """One WSI instance (a label or an overview) as a level of its own."""
+    st = path.stat()
+    return _level(str(path), 0, st.st_mtime_ns, st.st_size)
+
+
 @lru_cache(maxsize=128)
 def _level(path: str, index: int, _mtime: int, _size: int) -> Level:
     try:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi import Path as PathParam
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from edge.web import data, images, tiles
 from edge.web.common import JobId, job_or_404, render
@@ -99,3 +99,38 @@ def tile(
     return Response(
         body, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
     )
+
+
+@router.get("/slides/{job_id}/dicom/{name}")
+def qc_dicom(
+    request: Request, job_id: JobId, name: str, who: Annotated[Caller, Depends(viewer)]
+) -> Response:
+    """A QC result instance (SEG, SR, annotations) as a DICOM file, for a viewer or the PACS
+    team; names from a fixed list, never a path."""
+    if name not in data.QC_OBJECTS:
+        raise HTTPException(404, f"no QC object {name!r}; they are: {', '.join(data.QC_OBJECTS)}")
+    job = job_or_404(request, job_id)
+    path = data.qc_object_file(job, name, request.app.state.roots)
+    if path is None:
+        raise HTTPException(404, f"slide {job_id} has no {name} object (QC not written)")
+    return FileResponse(
+        path,
+        media_type="application/dicom",
+        filename=f"slide-{job_id}-{data.QC_OBJECTS[name][0]}",
+    )
+
+
+@router.get("/slides/{job_id}/label")
+def label(request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer)]) -> Response:
+    """The slide's label image (its first frame as JPEG): the technician checks it against
+    the requisition."""
+    job = job_or_404(request, job_id)
+    path = data.label_file(job, request.app.state.roots)
+    if path is None:
+        raise HTTPException(404, f"slide {job_id} has no label image")
+    try:
+        level = tiles.levels_of_file(path)
+        body = tiles.tile(level, 0, 0)
+    except tiles.TileError as exc:
+        raise HTTPException(404, f"slide {job_id}: label unreadable: {exc}") from exc
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private"})
