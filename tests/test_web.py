@@ -303,6 +303,17 @@ def test_review_and_resend_are_audited(site: dict[str, Any]) -> None:
     assert api["reviewed_by"] == "tech" and api["verdict"] == "rescan"
     assert api["report"]["classes"]["pen"]["fraction_of_tissue"] > 0.05
     assert api["sends"][0]["destination"] == "local" and api["sends"][0]["counts"]["delivered"]
+    # The same acts in the append-only audit trail (what `edge audit` and syslog export show).
+    from edge.audit.trail import records
+    from edge.outbox.schema import connect
+
+    conn = connect(site["config"].state_dir / DATABASE, readonly=True)
+    try:
+        trail = [(r.action, r.actor, r.job_id) for r in records(conn, limit=10_000)]
+    finally:
+        conn.close()
+    assert ("login", "web:tech", None) in trail
+    assert ("review", "web:tech", pen) in trail
 
 
 def test_admin_parks_and_resends_deliveries(site: dict[str, Any]) -> None:

@@ -9,28 +9,56 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from edge.audit.trail import record as audit_record
 from edge.jobs import JobStore
 from edge.outbox.schema import open_database
 from edge.outbox.store import Outbox
 
 
-def _audit(database: Path, job_id: int, action: str, detail: str) -> None:
-    record(database, action, f"job {job_id}: {detail}")
+def _audit(database: Path, job_id: int, action: str, detail: str, user: str) -> None:
+    record(database, action, f"job {job_id}: {detail}", actor=user, job_id=job_id)
 
 
-def record(database: Path, action: str, detail: str, destination: str = "") -> None:
-    """An audit event `web:<action>` (the job's history finds it by "job N:" in detail).
+# Dashboard actions -> the audit trail's actions (edge.audit.trail.ACTIONS); others stay events.
+_AUDITED = {"retry": "retry", "resend": "retry", "park": "park", "reviewed": "review",
+            "login": "login", "logout": "logout"}  # fmt: skip
+
+
+def record(
+    database: Path,
+    action: str,
+    detail: str,
+    destination: str = "",
+    *,
+    actor: str = "",
+    job_id: int | None = None,
+    outcome: str = "success",
+) -> None:
+    """An event `web:<action>` (the job's history finds it by "job N:" in detail) and, for
+    the actions the audit trail covers, an audit record naming who (`web:<user>`).
     Nothing when the daemon has not made the database yet: the dashboard never creates it."""
     if not database.is_file():
         return
     conn = open_database(database)
     try:
+        at = time.time()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             "INSERT INTO events (at, destination, instance_id, event, detail) "
             "VALUES (?, ?, NULL, ?, ?)",
-            (time.time(), destination, f"web:{action}", detail),
+            (at, destination, f"web:{action}", detail),
         )
+        if action in _AUDITED:
+            audit_record(
+                conn,
+                _AUDITED[action],
+                actor=f"web:{actor}" if actor else "web",
+                outcome=outcome,
+                job_id=job_id,
+                destination=destination,
+                detail=detail,
+                at=at,
+            )
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -41,7 +69,7 @@ def retry_job(database: Path, job_id: int, user: str) -> bool:
     with JobStore(database) as jobs:
         done = jobs.retry(job_id)
     if done:
-        _audit(database, job_id, "retry", f"slide retry by {user}")
+        _audit(database, job_id, "retry", f"slide retry by {user}", user)
     return done
 
 
@@ -49,7 +77,7 @@ def retry_deliveries(database: Path, job_id: int, ids: list[int], user: str) -> 
     with Outbox(database) as outbox:
         changed = outbox.retry(ids)
     if changed:
-        _audit(database, job_id, "resend", f"{changed} delivery(ies) retried by {user}")
+        _audit(database, job_id, "resend", f"{changed} delivery(ies) retried by {user}", user)
     return changed
 
 
@@ -57,7 +85,7 @@ def park_deliveries(database: Path, job_id: int, ids: list[int], user: str) -> i
     with Outbox(database) as outbox:
         changed = outbox.park(ids, f"parked on the dashboard by {user}")
     if changed:
-        _audit(database, job_id, "park", f"{changed} delivery(ies) parked by {user}")
+        _audit(database, job_id, "park", f"{changed} delivery(ies) parked by {user}", user)
     return changed
 
 
@@ -73,11 +101,13 @@ def mark_reviewed(database: Path, job_id: int, user: str, note: str = "") -> Non
                 "reviewed_at = excluded.reviewed_at, note = excluded.note",
                 (job_id, user, at, note),
             )
+            detail = f"job {job_id}: QC reviewed by {user}" + (f" ({note})" if note else "")
             conn.execute(
                 "INSERT INTO events (at, destination, instance_id, event, detail) "
                 "VALUES (?, '', NULL, 'web:reviewed', ?)",
-                (at, f"job {job_id}: QC reviewed by {user}" + (f" ({note})" if note else "")),
+                (at, detail),
             )
+            audit_record(conn, "review", actor=f"web:{user}", job_id=job_id, detail=detail, at=at)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -60,7 +61,12 @@ def login(
             t.failed((k,))
         known = request.app.state.users.role_of(username) is not None
         # Only a real user's name goes to the audit trail: a mistyped name may be a password.
-        _record_login(database, f"login failed for {username if known else 'an unknown name'}")
+        _record_login(
+            database,
+            f"login failed for {username if known else 'an unknown name'}",
+            username if known else "(unknown)",
+            "failure",
+        )
         token = secrets.token_urlsafe(16)
         response = render(
             request,
@@ -74,7 +80,7 @@ def login(
         response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/login")
         return response
     throttles[0].succeeded(keys[:1])
-    _record_login(database, f"{user.name} ({user.role}) logged in")
+    _record_login(database, f"{user.name} ({user.role}) logged in", user.name, "success")
     sessions = request.app.state.sessions
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
@@ -90,15 +96,19 @@ def login(
     return response
 
 
-def _record_login(database: Path, detail: str) -> None:
+def _record_login(database: Path, detail: str, user: str, outcome: str) -> None:
     try:
-        actions.record(database, "login", detail)
+        actions.record(database, "login", detail, actor=user, outcome=outcome)
     except (sqlite3.Error, EdgeError) as exc:  # no database yet: logging in still works
         LOGGER.warning("login not audited: %s", exc)
 
 
 @router.post("/logout")
 def logout(request: Request, who: Annotated[Caller, Depends(actor)]) -> Response:
+    with contextlib.suppress(sqlite3.Error, EdgeError):
+        actions.record(
+            request.app.state.database, "logout", f"{who.name} logged out", actor=who.name
+        )
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
