@@ -129,6 +129,7 @@ class Daemon:
         """Run until stopped (or, with once=True, until everything found has been sent).
         Returns 0, or 1 when once-mode ran out of time with work left or a stage crashed."""
         self._prepare()
+        self._check_disk()  # a full disk pauses ingest before the first slide is taken
         self._install_signals()
         if self.config.receiver.port:
             self.receiver = Receiver(self.config.receiver, self.spool)
@@ -477,6 +478,9 @@ class Daemon:
             try:
                 while not self.stop.is_set():
                     self.health.beat(stage)
+                    if outbox.is_paused(dest_config.name):  # paused on the dashboard
+                        self.stop.wait(1.0)
+                        continue
 
                     def nap(seconds: float) -> None:
                         self.health.beat(stage)

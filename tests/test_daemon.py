@@ -406,3 +406,24 @@ def test_under_systemd_edge_run_notifies_ready_status_watchdog_and_stopping(
     assert any(m.startswith("STATUS=0 done") for m in messages), messages[:10]
     assert sum(m == "WATCHDOG=1" for m in messages) >= 3, "pinged while the stages beat"
     assert "STOPPING=1" in messages
+
+
+def test_a_paused_destination_keeps_its_queue_until_resumed(tmp_path: Path) -> None:
+    from edge.outbox.store import Outbox
+
+    config = _config(tmp_path, analyse=False)
+    inbox = Path(config.ingest.watch[0])
+    inbox.mkdir(parents=True)
+    with Outbox(config.state_dir / DATABASE) as outbox:
+        outbox.set_paused("local", True, "boss")
+    write_slide(inbox / "s.svs", 1024, 768, "svs")
+    assert Daemon(config, once=True).run(timeout_s=8) == 1, "once-mode cannot finish: paused"
+    outgoing = Path(config.destinations[0].path)
+    assert not list(outgoing.rglob("*.dcm")), "nothing sent while paused"
+    with JobStore(config.state_dir / DATABASE) as jobs:
+        (row,) = jobs.list()
+    assert row["state"] == "done" and row["deliveries"]["pending"] == row["instances"]
+    with Outbox(config.state_dir / DATABASE) as outbox:
+        outbox.set_paused("local", False, "boss")
+    assert Daemon(config, once=True).run(timeout_s=60) == 0
+    assert len(list(outgoing.rglob("*.dcm"))) == row["instances"]

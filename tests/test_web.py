@@ -711,3 +711,28 @@ def test_slide_page_links_the_qc_dicom_objects_and_shows_the_label(site: dict[st
     broken = site["ids"]["broken.svs"]
     assert c.get(f"/slides/{broken}/label").status_code == 404
     assert c.get(f"/slides/{broken}/dicom/sr").status_code == 404
+
+
+def test_admin_pauses_and_resumes_a_destination(site: dict[str, Any]) -> None:
+    from edge.outbox.store import Outbox
+
+    database = site["config"].state_dir / DATABASE
+    tech = login(site)
+    csrf = csrf_of(tech, "/destinations")
+    assert tech.post("/destinations/local/pause", data={"csrf": csrf}).status_code == 403
+    boss = login(site, "boss")
+    csrf = csrf_of(boss, "/destinations")
+    assert "Pause sending" in boss.get("/destinations").text
+    assert boss.post("/destinations/local/pause").status_code in (400, 403), "CSRF required"
+    assert boss.post("/destinations/nowhere/pause", data={"csrf": csrf}).status_code == 404
+    done = boss.post("/destinations/local/pause", data={"csrf": csrf})
+    assert done.status_code == 303
+    page = boss.get("/destinations").text
+    assert 'data-paused="local"' in page and "Resume sending" in page
+    with Outbox(database) as outbox:
+        assert outbox.is_paused("local")
+    done = boss.post("/destinations/local/resume", data={"csrf": csrf})
+    assert done.status_code == 303 and 'data-paused="local"' not in boss.get("/destinations").text
+    with Outbox(database) as outbox:
+        assert not outbox.is_paused("local")
+    assert "sending to local paused by boss" in boss.get("/audit").text

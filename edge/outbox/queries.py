@@ -97,6 +97,14 @@ def events(
     return [dict(row) for row in rows]
 
 
+def paused(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Destinations paused from the dashboard: name -> {"by", "at"}."""
+    return {
+        str(r[0]): {"by": str(r[1]), "at": float(r[2])}
+        for r in conn.execute("SELECT destination, paused_by, paused_at FROM destination_pauses")
+    }
+
+
 class OutboxReader:
     """A read-only connection of its own, for any thread that is not the writer."""
 

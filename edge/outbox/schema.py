@@ -129,6 +129,14 @@ MIGRATIONS: tuple[str, ...] = (
         note TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 6: destinations a person paused from the dashboard (absent: enabled); survives restarts.
+    """
+    CREATE TABLE destination_pauses (
+        destination TEXT PRIMARY KEY,
+        paused_by TEXT NOT NULL,
+        paused_at REAL NOT NULL
+    );
+    """,
 )
 
 

@@ -331,6 +331,29 @@ class Outbox:
                 self._event(at, "", int(row[0]), "purged", str(path))
         return removed
 
+    def is_paused(self, destination: str) -> bool:
+        return bool(
+            self._conn.execute(
+                "SELECT 1 FROM destination_pauses WHERE destination = ?", (destination,)
+            ).fetchone()
+        )
+
+    def set_paused(self, destination: str, paused: bool, by: str) -> bool:
+        """Pause or resume sending to a destination (queued data stays queued); returns
+        whether anything changed."""
+        with self.transaction() as conn:
+            if paused:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO destination_pauses (destination, paused_by, paused_at) "
+                    "VALUES (?, ?, ?)",
+                    (destination, by, time.time()),
+                )
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM destination_pauses WHERE destination = ?", (destination,)
+                )
+        return bool(cursor.rowcount)
+
     def stats(self) -> dict[str, Any]:
         return queries.stats(self._conn)
 

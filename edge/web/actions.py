@@ -21,7 +21,8 @@ def _audit(database: Path, job_id: int, action: str, detail: str, user: str) -> 
 
 # Dashboard actions -> the audit trail's actions (edge.audit.trail.ACTIONS); others stay events.
 _AUDITED = {"retry": "retry", "resend": "retry", "park": "park", "reviewed": "review",
-            "login": "login", "logout": "logout"}  # fmt: skip
+            "login": "login", "logout": "logout", "pause": "config-change",
+            "resume": "config-change"}  # fmt: skip
 
 
 def record(
@@ -114,3 +115,19 @@ def mark_reviewed(database: Path, job_id: int, user: str, note: str = "") -> Non
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def pause_destination(database: Path, name: str, paused: bool, user: str) -> bool:
+    """Stop or restart sending to a destination; queued data stays queued. Audited."""
+    with Outbox(database) as outbox:
+        changed = outbox.set_paused(name, paused, user)
+    if changed:
+        verb = "paused" if paused else "resumed"
+        record(
+            database,
+            "pause" if paused else "resume",
+            f"sending to {name} {verb} by {user}",
+            destination=name,
+            actor=user,
+        )
+    return changed

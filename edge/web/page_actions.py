@@ -87,6 +87,24 @@ def test_destination(
     return RedirectResponse(f"/destinations?{query}", status_code=303)
 
 
+@router.post("/destinations/{name}/{act}")
+def pause_destination(
+    request: Request,
+    name: Annotated[str, PathParam(max_length=200)],
+    act: Annotated[str, PathParam(pattern="^(pause|resume)$")],
+    who: Annotated[Caller, Depends(admin)],
+) -> Response:
+    """Pause (or resume) sending to a configured destination, e.g. while its PACS is
+    maintained: queued data stays queued and goes when resumed. Admins only."""
+    if name not in {d.name for d in request.app.state.config.destinations}:
+        raise HTTPException(404, f"no destination named {name!r}")
+    paused = act == "pause"
+    changed = actions.pause_destination(request.app.state.database, name, paused, who.name)
+    message = f"sending {'paused' if paused else 'resumed'}" if changed else f"already {act}d"
+    query = urlencode({"done": message, "ok": 1, "name": name})
+    return RedirectResponse(f"/destinations?{query}", status_code=303)
+
+
 def probe_destination(request: Request, name: str, user: str) -> probe.Probe:
     """Shared with the API: 404 for a name that is not configured."""
     config = request.app.state.config

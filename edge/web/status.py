@@ -50,6 +50,7 @@ def destinations(
     queries.stats() when the caller already has it."""
     stats = (outbox or queries.stats(conn))["destinations"]
     health = destination_health(conn)
+    paused = queries.paused(conn)
     out = []
     names = [d.name for d in config.destinations]
     for dest in config.destinations:
@@ -65,6 +66,7 @@ def destinations(
             last_success_at=h.get("last_success_at"),
             last_error=h.get("last_error", ""),
             last_error_at=h.get("last_error_at"),
+            paused=paused.get(entry["name"]),
         )
         # Failing: errors newer than the last success, with work waiting.
         entry["failing"] = bool(
