@@ -154,6 +154,7 @@ class Web:
     session_hours: float = 12.0  # a login lasts this long
     tls_cert_file: str = ""  # serve HTTPS with this certificate (PEM); empty: plain HTTP
     tls_key_file: str = ""  # its private key (PEM, readable only by edge)
+    discover_s: float = 60.0  # look for PACS and hubs on the LAN (mDNS) this often; 0: never
 
 
 @dataclass(frozen=True)
@@ -446,6 +447,8 @@ def _pipeline(table: dict[str, Any], where: str) -> Pipeline:
 
 def _web(table: dict[str, Any], where: str) -> Web:
     values = _section(Web, table, where)
+    if values["discover_s"] < 0:
+        raise ConfigError(f"{where}: discover_s must be 0 (off) or more seconds")
     host, _, port = values["listen"].rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: listen must be ADDRESS:PORT, found {values['listen']!r}")

@@ -36,10 +36,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     users = Users(users_path(config))
     users.add("tech", "technician", PASSWORD)
     users.add("boss", "admin", PASSWORD)
+    users.add("locked", "admin", PASSWORD)  # the failed-login test locks this one out
     token = users.add_token("it", "technician")
     handle = serve(config, listen="127.0.0.1:0")
     try:
-        yield {"config": config, "ids": ids, "url": handle.url, "token": token, "home": home}
+        yield {
+            "config": config,
+            "ids": ids,
+            "url": handle.url,
+            "token": token,
+            "home": home,
+            "app": handle.server.config.app,
+        }
     finally:
         handle.stop()
 
@@ -656,7 +664,7 @@ def test_failed_logins_are_throttled_and_audited(site: dict[str, Any]) -> None:
         assert token
         return c.post(
             "/login",
-            data={"username": "boss", "password": password, "login_token": token[1]},
+            data={"username": "locked", "password": password, "login_token": token[1]},
         )
 
     for _ in range(5):
@@ -665,7 +673,7 @@ def test_failed_logins_are_throttled_and_audited(site: dict[str, Any]) -> None:
     assert blocked.status_code == 429 and "too many failed logins" in blocked.text
     events = httpx.get(
         f"{site['url']}/api/v1/events",
-        params={"q": "login failed for boss"},
+        params={"q": "login failed for locked"},
         headers={"Authorization": f"Bearer {site['token']}"},
     ).json()
     assert len(events) == 5 and "wrong password" not in str(events)
@@ -736,3 +744,33 @@ def test_admin_pauses_and_resumes_a_destination(site: dict[str, Any]) -> None:
     with Outbox(database) as outbox:
         assert not outbox.is_paused("local")
     assert "sending to local paused by boss" in boss.get("/audit").text
+
+
+def test_destinations_page_lists_pacs_and_hubs_found_over_mdns(site: dict[str, Any]) -> None:
+    """A hub announcing itself on the LAN (here: loopback multicast) appears under "Found on
+    the network", found by the dashboard's background browse."""
+    import os
+    import time
+
+    from edge.system import mdns
+    from edge.web.discovery import Discovery
+
+    name = f"Edge test hub {os.getpid()}"
+    hub = mdns.announce(
+        mdns.Announcement(name, "1.0", role="hub", web_port=18443, host="hub-here"),
+        interfaces=["127.0.0.1"],
+    )
+    discovery = Discovery(interval_s=1.0, interfaces=["127.0.0.1"])
+    discovery.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(name in p.name for p in discovery.peers):
+            time.sleep(0.2)
+        assert any(name in p.name and p.kind == "hub" for p in discovery.peers), discovery.error
+        site["app"].state.discovery = discovery
+        page = login(site).get("/destinations").text
+        assert "Found on the network" in page and name in page and "18443" in page
+    finally:
+        site["app"].state.discovery = None
+        discovery.stop()
+        hub.close()

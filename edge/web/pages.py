@@ -105,7 +105,15 @@ def slide(request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer
 def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> Response:
     with data.reader(request.app.state.config) as conn:
         found = status.destinations(conn, request.app.state.config)
-    return render(request, "destinations.html", who, destinations=found)
+    discovery = getattr(request.app.state, "discovery", None)
+    return render(
+        request,
+        "destinations.html",
+        who,
+        destinations=found,
+        discovery=discovery,
+        peers=discovery.peers if discovery is not None else [],
+    )
 
 
 @router.get("/audit")

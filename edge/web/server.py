@@ -34,7 +34,11 @@ class WebHandle:
     url: str
     port: int
 
+    discovery: Any = None
+
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self.discovery is not None:
+            self.discovery.stop()
         self.server.should_exit = True
         self.thread.join(timeout=timeout_s)
         if self.thread.is_alive():
@@ -64,12 +68,15 @@ def _bind(listen: str) -> socket.socket:
 def serve(config: cfg.Config, health: Any = None, listen: str | None = None) -> WebHandle:
     """Start the dashboard (listen overrides [web] listen; port 0 picks a free one)."""
     from edge.web.app import create_app
+    from edge.web.discovery import Discovery
 
     web = config.web
     for name in (web.tls_cert_file, web.tls_key_file):
         if name and not Path(name).is_file():
             raise WebError(f"[web] TLS file {name} does not exist")
     app = create_app(config, health)
+    discovery = Discovery(interval_s=web.discover_s) if web.discover_s > 0 else None
+    app.state.discovery = discovery
     sock = _bind(listen or web.listen)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(
@@ -96,4 +103,6 @@ def serve(config: cfg.Config, health: Any = None, listen: str | None = None) -> 
     shown = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{shown}:{port}"
     LOGGER.info("dashboard on %s", url)
-    return WebHandle(server, thread, url, int(port))
+    if discovery is not None:
+        discovery.start()
+    return WebHandle(server, thread, url, int(port), discovery)
