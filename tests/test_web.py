@@ -322,6 +322,12 @@ def test_review_and_resend_are_audited(site: dict[str, Any]) -> None:
         conn.close()
     assert ("login", "web:tech", None) in trail
     assert ("review", "web:tech", pen) in trail
+    page = c.get("/audit").text
+    assert 'id="trail"' in page and "web:tech" in page and "review" in page
+    assert (
+        "web:tech"
+        not in c.get("/audit", params={"q": "no-such-actor"}).text.split('id="trail"')[-1]
+    )
 
 
 def test_admin_parks_and_resends_deliveries(site: dict[str, Any]) -> None:

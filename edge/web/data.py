@@ -205,6 +205,24 @@ def audit(
     return [dict(r) for r in rows]
 
 
+def audit_trail(conn: sqlite3.Connection, limit: int = 100, q: str = "") -> list[dict[str, Any]]:
+    """The append-only audit trail (edge.audit), newest first: who did what, when."""
+    where, args = "", []
+    if q:
+        where = "WHERE " + " OR ".join(
+            f"{column} LIKE ? ESCAPE '\\'" for column in ("actor", "action", "detail")
+        )
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        args = [pattern] * 3
+    try:
+        rows = conn.execute(
+            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", (*args, limit)
+        ).fetchall()
+    except sqlite3.OperationalError:  # a database from before the audit trail
+        return []
+    return [dict(r) for r in rows]
+
+
 def read_report(path: str) -> dict[str, Any] | None:
     """report.json of a job (the path comes from the database, never from a request)."""
     if not path:

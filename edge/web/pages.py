@@ -125,7 +125,8 @@ def audit(
 ) -> Response:
     with data.reader(request.app.state.config) as conn:
         rows = data.audit(conn, 100, before, q)
-    return render(request, "audit.html", who, rows=rows, q=q)
+        trail = data.audit_trail(conn, 100, q) if before is None else []
+    return render(request, "audit.html", who, rows=rows, q=q, trail=trail)
 
 
 # ---- login ----
