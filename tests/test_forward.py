@@ -286,9 +286,24 @@ def test_cstore_tls_untrusted_certificate(items: list[Item]) -> None:
     with store_scp(tls=server) as scp:
         outcomes = destination(scp.port, tls=untrusting, timeout_s=3).send(items[:2])
     for outcome in outcomes:
-        assert outcome.verdict is Verdict.RETRY
-        assert outcome.reason.startswith("TLS handshake failed: ")
+        assert outcome.verdict is Verdict.PARK, "no retry can fix an untrusted certificate"
+        assert outcome.reason.startswith("TLS certificate refused: ")
         assert "CERTIFICATE_VERIFY_FAILED" in outcome.reason
+    assert not scp.received
+
+
+def test_cstore_mutual_tls_without_a_client_certificate_parks(items: list[Item]) -> None:
+    """The PACS requires our certificate (mutual TLS) and we present none (or a wrong one):
+    parked with the peer's reason, nothing sent."""
+    server, client = _tls_contexts()
+    server.verify_mode = ssl.CERT_REQUIRED  # the PACS wants a client certificate
+    trustme = pytest.importorskip("trustme")
+    server.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+    with store_scp(tls=server) as scp:
+        outcomes = destination(scp.port, tls=client, timeout_s=3).send(items[:1])
+    (outcome,) = outcomes
+    assert outcome.verdict is Verdict.PARK, outcome
+    assert outcome.reason.startswith("TLS certificate refused: "), outcome.reason
     assert not scp.received
 
 
@@ -372,3 +387,53 @@ def test_p_data_tf_framing_matches_pynetdicom() -> None:
         pdu = P_DATA_TF()
         pdu.from_primitive(primitive)
         assert p_data_tf(values) == pdu.encode()
+
+
+def test_stowrs_to_a_server_with_an_untrusted_certificate_parks(
+    items: list[Item], tmp_path: Path
+) -> None:
+    """HTTPS to a DICOMweb store whose certificate no configured CA signed (a man in the
+    middle, or a renewal the site has not rolled out): nothing is sent, parked with the
+    reason; with its CA configured the same server is trusted."""
+    import http.server
+    import threading
+
+    from edge import config
+    from edge.forward import factory
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    received: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+
+    def build(**extra: str) -> Destination:
+        table = {"name": "cloud", "kind": "stowrs", "url": url, "timeout_s": 5, **extra}
+        return factory.build(config.parse({"destination": [table]}).destinations[0])
+
+    try:
+        (outcome, *_) = build().send(items[:1])
+        assert outcome.verdict is Verdict.PARK, outcome
+        assert outcome.reason.startswith("TLS certificate refused"), outcome.reason
+        assert not received, "nothing reached an untrusted server"
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        (trusted, *_) = build(tls_ca_file=str(ca_file)).send(items[:1])
+        assert trusted.verdict is Verdict.RETRY and "503" in trusted.reason, trusted
+        assert received, "with its CA configured, the server is trusted"
+    finally:
+        httpd.shutdown()

@@ -12,6 +12,7 @@ This module turns it on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -151,7 +152,11 @@ class CStoreDestination:
                     )
                     for item in items
                 ]
-            return retry_all(items, self._why_not_established(assoc, bool(connected)))
+            why = self._why_not_established(assoc, bool(connected))
+            if why.startswith(CERTIFICATE_PROBLEM):
+                # Retrying cannot fix a certificate nobody trusts: a person must (parked).
+                return [Outcome(item.id, Verdict.PARK, why) for item in items]
+            return retry_all(items, why)
         _bound_send_queue(assoc, self.bucket, direct=self.tls is None)
         outcomes: list[Outcome] = []
         answered = True  # did the last store get a response (or fail before sending)?
@@ -222,6 +227,11 @@ class CStoreDestination:
                     f"source {rsp.source_str}, reason {rsp.reason_str}"
                 )
             return f"association rejected by {self.peer}"
+        if connected and self.tls is not None:
+            # TLS 1.3: a PACS refusing our certificate says so only after the handshake.
+            probed = self._probe(read=True)
+            if probed.startswith(CERTIFICATE_PROBLEM):
+                return probed
         if connected:
             return (
                 f"no association with {self.peer} after connecting: the peer aborted or did"
@@ -230,13 +240,20 @@ class CStoreDestination:
         # pynetdicom only logs why the connection failed (and marks it aborted); probe once.
         return self._probe()
 
-    def _probe(self) -> str:
+    def _probe(self, read: bool = False) -> str:
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout_s) as sock:
                 if self.tls is not None:
-                    with self.tls.wrap_socket(sock, server_hostname=self.host):
-                        pass
+                    with self.tls.wrap_socket(sock, server_hostname=self.host) as tls:
+                        if read:  # the peer's verdict on our certificate, if it has one
+                            tls.settimeout(min(self.timeout_s, 2.0))
+                            with contextlib.suppress(TimeoutError):
+                                tls.recv(1)
         except ssl.SSLError as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError) or any(
+                alert in str(exc) for alert in _CERTIFICATE_ALERTS
+            ):
+                return f"{CERTIFICATE_PROBLEM}: {exc} (peer {self.peer})"
             return f"TLS handshake failed: {exc} (peer {self.peer})"
         except ConnectionRefusedError:
             return f"connection refused to {self.peer}"
@@ -245,6 +262,18 @@ class CStoreDestination:
         except OSError as exc:
             return f"cannot connect to {self.peer}: {exc.strerror or exc}"
         return f"no association with {self.peer}: no answer within {self.timeout_s:g} s"
+
+
+CERTIFICATE_PROBLEM = "TLS certificate refused"
+# The peer's alerts when it refuses our certificate (mutual TLS) or has none we accept.
+_CERTIFICATE_ALERTS = (
+    "ALERT_UNKNOWN_CA",
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_CERTIFICATE_UNKNOWN",
+    "ALERT_CERTIFICATE_EXPIRED",
+    "ALERT_CERTIFICATE_REVOKED",
+)
 
 
 def retry_all(items: Iterable[Item], reason: str) -> list[Outcome]:

@@ -286,6 +286,9 @@ class StowRsDestination:
                 return self._missing(parts)
             reason = self._why_no_response(exc)
             LOGGER.warning("STOW-RS to %s: %s", self.studies_url, reason)
+            if _cause(exc, ssl.SSLCertVerificationError) is not None:
+                # An untrusted server certificate is not fixed by retrying: a person must.
+                return _all(parts, Verdict.PARK, f"TLS certificate refused: {reason}")
             return _all(parts, Verdict.RETRY, reason)
         except FileNotFoundError:
             return self._missing(parts)
