@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.audit.trail import SYSTEM, record
-from edge.outbox.schema import open_database
+from edge.outbox.schema import open_database, write_transaction
 
 JOB_STATES = ("queued", "running", "done", "failed", "quarantined")
 
@@ -67,15 +66,8 @@ class JobStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._conn)
 
     def _event(self, job_id: int, event: str, detail: str, at: float) -> None:
         self._conn.execute(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
 from edge.audit.trail import Record, records
+from edge.outbox.schema import write_transaction
 
 LOGGER = logging.getLogger(__name__)
 
@@ -153,11 +154,10 @@ def export(conn: sqlite3.Connection, collector: Collector, source_id: str, batch
     if not pending:
         return 0
     send(collector, [syslog_frame(r, source_id) for r in pending])
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute(
-        "INSERT INTO audit_export (collector, last_id) VALUES (?, ?) "
-        "ON CONFLICT (collector) DO UPDATE SET last_id = excluded.last_id",
-        (collector.name, pending[-1].id),
-    )
-    conn.execute("COMMIT")
+    with write_transaction(conn):
+        conn.execute(
+            "INSERT INTO audit_export (collector, last_id) VALUES (?, ?) "
+            "ON CONFLICT (collector) DO UPDATE SET last_id = excluded.last_id",
+            (collector.name, pending[-1].id),
+        )
     return len(pending)

@@ -64,19 +64,6 @@ def record(
     )
 
 
-def append(path: Any, action: str, **fields: Any) -> None:
-    """One record in its own short transaction, for callers without a connection."""
-    from edge.outbox.schema import open_database
-
-    conn = open_database(path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        record(conn, action, **fields)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-
-
 def records(
     conn: sqlite3.Connection, after_id: int = 0, limit: int = 500, job_id: int | None = None
 ) -> list[Record]:

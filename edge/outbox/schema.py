@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edge.errors import EdgeError
@@ -195,6 +197,18 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
         raise DatabaseCorrupt(path, str(exc)) from exc
     if rows != ["ok"]:
         raise DatabaseCorrupt(path, "; ".join(rows[:5]))
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _statements(script: str) -> list[str]:

@@ -16,8 +16,8 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from edge.outbox import queries
 from edge.outbox.header import read_header
 from edge.outbox.priority import instance_priority
 from edge.outbox.retry import RetryPolicy
-from edge.outbox.schema import open_database
+from edge.outbox.schema import open_database, write_transaction
 
 LOGGER = logging.getLogger(__name__)
 
@@ -71,16 +71,9 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        return write_transaction(self._conn)
 
     def _event(
         self, at: float, destination: str, instance_id: int | None, event: str, detail: str = ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge.audit.trail import record as audit_record
 from edge.jobs import JobStore
-from edge.outbox.schema import open_database
+from edge.outbox.schema import open_database, write_transaction
 from edge.outbox.store import Outbox
 
 
@@ -43,24 +43,23 @@ def record(
     conn = open_database(database)
     try:
         at = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO events (at, destination, instance_id, event, detail) "
-            "VALUES (?, ?, NULL, ?, ?)",
-            (at, destination, f"web:{action}", detail),
-        )
-        if action in _AUDITED:
-            audit_record(
-                conn,
-                _AUDITED[action],
-                actor=f"web:{actor}" if actor else "web",
-                outcome=outcome,
-                job_id=job_id,
-                destination=destination,
-                detail=detail,
-                at=at,
+        with write_transaction(conn):
+            conn.execute(
+                "INSERT INTO events (at, destination, instance_id, event, detail) "
+                "VALUES (?, ?, NULL, ?, ?)",
+                (at, destination, f"web:{action}", detail),
             )
-        conn.execute("COMMIT")
+            if action in _AUDITED:
+                audit_record(
+                    conn,
+                    _AUDITED[action],
+                    actor=f"web:{actor}" if actor else "web",
+                    outcome=outcome,
+                    job_id=job_id,
+                    destination=destination,
+                    detail=detail,
+                    at=at,
+                )
     finally:
         conn.close()
 
@@ -94,8 +93,7 @@ def mark_reviewed(database: Path, job_id: int, user: str, note: str = "") -> Non
     conn = open_database(database)
     try:
         at = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             conn.execute(
                 "INSERT INTO reviews (job_id, reviewed_by, reviewed_at, note) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (job_id) DO UPDATE SET reviewed_by = excluded.reviewed_by, "
@@ -109,10 +107,6 @@ def mark_reviewed(database: Path, job_id: int, user: str, note: str = "") -> Non
                 (at, detail),
             )
             audit_record(conn, "review", actor=f"web:{user}", job_id=job_id, detail=detail, at=at)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     finally:
         conn.close()
 
