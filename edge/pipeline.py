@@ -87,6 +87,9 @@ def convert_and_analyse(
             "reasons": report["reasons"],
             "report": str(qc_dir / "report.json"),
         }
+        # The heatmaps and the mosaic are on disk now; the DICOM objects need the masks only.
+        # Dropping them here keeps the SEG's build under the analysis's own memory peak.
+        analysed.maps, analysed.mosaic = {}, None
         try:  # the slide is converted: a QC object it lacks is a warning, not a failure
             qc_files = write_qc_objects(analysed, Path(result.output), options.uid_root)
             result.qc["dicom"] = [str(p) for p in qc_files]
