@@ -145,7 +145,8 @@ def write_qc_objects(
         )
         write_atomic(seg_path, _encode(seg, seg_path))
         written.append(seg_path)
-        LOGGER.info("QC segmentation on %s written: %s", source.path.name, seg_path)
+        # Paths carry the scanner's file name, which may carry an accession or a name: DEBUG.
+        LOGGER.debug("QC segmentation on %s written: %s", source.path.name, seg_path)
     else:
         seg_path.unlink(missing_ok=True)  # an older run's SEG would contradict this SR
     focus = focus_statistics([p for _, p in result.focus_scores])
@@ -166,7 +167,7 @@ def write_qc_objects(
     sr_path = slide_dir / SR_NAME
     write_atomic(sr_path, _encode(sr, sr_path))
     written.append(sr_path)
-    LOGGER.info("QC report written: %s (verdict %s)", sr_path, result.verdict)
+    LOGGER.debug("QC report written: %s (verdict %s)", sr_path, result.verdict)
     ann_path = slide_dir / ANN_NAME
     ann = None
     if seg is not None and result.geometry is not None and result.findings is not None:
