@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from edge.audit.trail import record as audit_record
 from edge.jobs import JobStore
@@ -125,3 +126,23 @@ def pause_destination(database: Path, name: str, paused: bool, user: str) -> boo
             actor=user,
         )
     return changed
+
+
+# What a person may do to a slide's sends, and which delivery states each act applies to.
+SEND_ACTS = {"resend": ("failed", "parked"), "park": ("queued", "failed")}
+
+
+def act_on_sends(
+    config: Any, database: Path, job_id: int, destination: str, act: str, user: str
+) -> int:
+    """Resend (failed/parked) or park (queued/failed) a slide's deliveries, to one destination
+    or all; returns how many changed (0: nothing in those states)."""
+    from edge.web import data
+
+    with data.reader(config) as conn:
+        ids = data.delivery_ids(conn, job_id, destination or None, SEND_ACTS[act])
+    if not ids:
+        return 0
+    if act == "resend":
+        return retry_deliveries(database, job_id, ids, user)
+    return park_deliveries(database, job_id, ids, user)

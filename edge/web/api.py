@@ -226,10 +226,9 @@ def resend(
     body: Annotated[SendAction | None, Body()] = None,
 ) -> dict[str, Any]:
     _job(request, job_id)
+    state = request.app.state
     destination = body.destination if body else ""
-    with data.reader(request.app.state.config) as conn:
-        ids = data.delivery_ids(conn, job_id, destination or None, ("failed", "parked"))
-    n = actions.retry_deliveries(request.app.state.database, job_id, ids, who.name)
+    n = actions.act_on_sends(state.config, state.database, job_id, destination, "resend", who.name)
     return {"changed": n, "message": f"{n} send(s) of slide {job_id} queued again"}
 
 
@@ -241,10 +240,9 @@ def park(
     body: Annotated[SendAction | None, Body()] = None,
 ) -> dict[str, Any]:
     _job(request, job_id)
+    state = request.app.state
     destination = body.destination if body else ""
-    with data.reader(request.app.state.config) as conn:
-        ids = data.delivery_ids(conn, job_id, destination or None, ("queued", "failed"))
-    n = actions.park_deliveries(request.app.state.database, job_id, ids, who.name)
+    n = actions.act_on_sends(state.config, state.database, job_id, destination, "park", who.name)
     return {"changed": n, "message": f"{n} send(s) of slide {job_id} parked"}
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import RedirectResponse, Response
 
-from edge.web import actions, data, probe
+from edge.web import actions, probe
 from edge.web.common import JobId, job_or_404
 from edge.web.security import Caller, actor, admin
 
@@ -40,11 +40,10 @@ def resend(
     destination: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     job_or_404(request, job_id)
-    with data.reader(request.app.state.config) as conn:
-        ids = data.delivery_ids(conn, job_id, destination or None, ("failed", "parked"))
-    if not ids:
+    state = request.app.state
+    n = actions.act_on_sends(state.config, state.database, job_id, destination, "resend", who.name)
+    if not n:
         raise HTTPException(409, f"slide {job_id} has no failed or parked sends to retry")
-    n = actions.retry_deliveries(request.app.state.database, job_id, ids, who.name)
     return _back(job_id, f"{n} send(s) queued again")
 
 
@@ -56,11 +55,10 @@ def park(
     destination: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     job_or_404(request, job_id)
-    with data.reader(request.app.state.config) as conn:
-        ids = data.delivery_ids(conn, job_id, destination or None, ("queued", "failed"))
-    if not ids:
+    state = request.app.state
+    n = actions.act_on_sends(state.config, state.database, job_id, destination, "park", who.name)
+    if not n:
         raise HTTPException(409, f"slide {job_id} has nothing waiting to send")
-    n = actions.park_deliveries(request.app.state.database, job_id, ids, who.name)
     return _back(job_id, f"{n} send(s) parked")
 
 
