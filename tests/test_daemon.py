@@ -427,3 +427,25 @@ def test_a_paused_destination_keeps_its_queue_until_resumed(tmp_path: Path) -> N
         outbox.set_paused("local", False, "boss")
     assert Daemon(config, once=True).run(timeout_s=60) == 0
     assert len(list(outgoing.rglob("*.dcm"))) == row["instances"]
+
+
+def test_a_slide_deleted_before_its_turn_gets_a_clear_state(tmp_path: Path) -> None:
+    """The scanner software deleted (or moved) a slide after it settled: the job says what
+    happened, the daemon goes on with the next slide."""
+    config = _config(tmp_path, analyse=False)
+    inbox = Path(config.ingest.watch[0])
+    inbox.mkdir(parents=True)
+    gone = write_slide(tmp_path / "gone.svs", 1024, 768, "svs", seed=21)
+    with JobStore(config.state_dir / DATABASE) as jobs:
+        jobs.add(inbox / "gone.svs", "gone|1|1|1")  # found earlier, deleted since
+    gone.unlink()
+    write_slide(inbox / "next.svs", 1024, 768, "svs", seed=22)
+    assert Daemon(config, once=True).run(timeout_s=60) == 0
+    with JobStore(config.state_dir / DATABASE) as jobs:
+        rows = {r["name"]: r for r in jobs.list()}
+    assert rows["gone.svs"]["state"] == "quarantined"
+    assert (
+        "no such file" in rows["gone.svs"]["error"].lower()
+        or "not found" in rows["gone.svs"]["error"].lower()
+    ), rows["gone.svs"]["error"]
+    assert rows["next.svs"]["state"] == "done" and rows["next.svs"]["delivered"]
