@@ -45,6 +45,7 @@ class Destination:
     tls_ca_file: str = ""  # cstore, stowrs: CA bundle to verify the peer (default: system CAs)
     tls_cert_file: str = ""  # cstore, stowrs: our certificate, for mutual TLS (PEM)
     tls_key_file: str = ""  # cstore, stowrs: its private key (PEM, readable only by edge)
+    tls_pin_file: str = ""  # cstore, stowrs: accept only this exact peer certificate (PEM)
     auth: str = ""  # stowrs: bearer, basic, google or aws-sigv4 ("": from token_file/username)
     username: str = ""  # stowrs basic: the user name
     password_file: str = ""  # stowrs basic: file holding the password (mode 600: not group/other)
@@ -294,6 +295,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             tls_ca_file=_typed(where, table, "tls_ca_file", str, ""),
             tls_cert_file=_typed(where, table, "tls_cert_file", str, ""),
             tls_key_file=_typed(where, table, "tls_key_file", str, ""),
+            tls_pin_file=_typed(where, table, "tls_pin_file", str, ""),
             auth=_typed(where, table, "auth", str, ""),
             username=_typed(where, table, "username", str, ""),
             password_file=_typed(where, table, "password_file", str, ""),

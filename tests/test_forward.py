@@ -404,7 +404,8 @@ def test_stowrs_to_a_server_with_an_untrusted_certificate_parks(
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.configure_cert(server_context)
     received: list[bytes] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -435,5 +436,16 @@ def test_stowrs_to_a_server_with_an_untrusted_certificate_parks(
         (trusted, *_) = build(tls_ca_file=str(ca_file)).send(items[:1])
         assert trusted.verdict is Verdict.RETRY and "503" in trusted.reason, trusted
         assert received, "with its CA configured, the server is trusted"
+        # Pinning: exactly the server's certificate is accepted, not another the same CA signed.
+        pin, other = tmp_path / "pin.pem", tmp_path / "other.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(pin))
+        ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(other))
+        received.clear()
+        (pinned, *_) = build(tls_pin_file=str(pin)).send(items[:1])
+        assert pinned.verdict is Verdict.RETRY and "503" in pinned.reason and received, pinned
+        received.clear()
+        (wrong, *_) = build(tls_pin_file=str(other)).send(items[:1])
+        assert wrong.verdict is Verdict.PARK and wrong.reason.startswith("TLS certificate refused")
+        assert not received, "a certificate other than the pinned one gets nothing"
     finally:
         httpd.shutdown()

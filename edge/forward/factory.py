@@ -17,13 +17,22 @@ from edge.forward.windows import Window, parse_windows
 
 def tls_context(dest: config.Destination) -> ssl.SSLContext:
     """A client TLS context: the peer verified (system CAs or tls_ca_file), TLS 1.2 at least
-    (BCP 195), our own certificate for mutual TLS when configured."""
+    (BCP 195), our own certificate for mutual TLS when configured.
+
+    With tls_pin_file the peer must present exactly that certificate: it is the only trust
+    anchor (partial-chain verification lets a CA-issued leaf be one), so any other, even one
+    a public CA signed, fails the handshake before a byte of the slide is sent."""
     try:
-        context = ssl.create_default_context(cafile=dest.tls_ca_file or None)
+        if dest.tls_pin_file:
+            pinned = Path(dest.tls_pin_file).read_text(encoding="ascii")
+            context = ssl.create_default_context(cadata=pinned)
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        else:
+            context = ssl.create_default_context(cafile=dest.tls_ca_file or None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if dest.tls_cert_file:
             context.load_cert_chain(dest.tls_cert_file, dest.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
         raise config.ConfigError(f"destination {dest.name}: TLS files unusable: {exc}") from exc
     return context
 
