@@ -71,6 +71,32 @@ def test_rate_is_shaped_within_tolerance(echo: int) -> None:
     assert expected * 0.9 < wall < expected * 1.35, (wall, expected)
 
 
+def test_sender_is_held_back(tmp_path: object) -> None:
+    """Backpressure: a sender cannot hand the link a whole upload at once (HTTP clients would
+    then wait for an answer, and time out, while the bytes still trickle out)."""
+    sink = socket.create_server(("127.0.0.1", 0))
+    received = [0]
+
+    def drain() -> None:
+        conn, _ = sink.accept()
+        with conn:
+            while data := conn.recv(65536):
+                received[0] += len(data)
+
+    threading.Thread(target=drain, daemon=True).start()
+    size, rate_bps = 8 << 20, 8_000_000  # 8.4 s at the link's rate
+    target = ("127.0.0.1", sink.getsockname()[1])
+    with LinkSim(target, LinkSettings(rate_bps=rate_bps)) as link:
+        sock = socket.create_connection(("127.0.0.1", link.port))
+        start = time.monotonic()
+        sock.sendall(b"y" * size)
+        handed_over = time.monotonic() - start
+        sock.close()
+    sink.close()
+    # the client's own send buffer (loopback autotuning, up to 4 MB) may hold part of it
+    assert handed_over > 0.4 * size / (rate_bps / 8), handed_over
+
+
 def test_latency_is_added_each_way(echo: int) -> None:
     with LinkSim(("127.0.0.1", echo), LinkSettings(latency_s=0.15)) as link:
         start = time.monotonic()

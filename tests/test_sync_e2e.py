@@ -3,10 +3,11 @@ STOW-RS through a 5 Mbit/s link that drops every connection every 30-90 s to a r
 acting as the hub. Everything arrives exactly once with no manual action, QC results and the
 overview first, and the hub's copy opens in wsidicom and OpenSlide with the source's pixels.
 
-Size: a 13000 x 13000 synthetic slide (seed 2) converts to ~55 MB with its QC results
-(textures from EDGE_TEST_DATA; ~38 MB without): ~90 s of pure transfer at 5 Mbit/s, long
-enough for two drops with the link's seed (at 44 s and 80 s), short enough for CI. The
-issue's 40k x 40k slide would be ~9.5 times that, about 15 minutes at 5 Mbit/s.
+Size: a 13000 x 13000 synthetic slide (seed 2) converts to 38-57 MB with its QC results
+(measured here; `edge synth` takes its textures from the real files it finds, so the
+bytes vary with them): 60-90 s of pure transfer at 5 Mbit/s, long enough for at least one
+drop with the link's seed (drops at 44 s and 80 s), short enough for CI. The issue's
+40k x 40k slide would be ~9.5 times that, 10-15 minutes at 5 Mbit/s.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _same_pixels(source: Path, hub: Path) -> None:
             )
         lower = a.levels[2].size.to_tuple()
         whole_a = np.asarray(a.read_region((0, 0), 2, lower))
-        assert whole_a.std() > 5  # tissue, not only background
+        assert whole_a.std() > 3  # tissue, not only background (blank: ~1.2)
         assert np.array_equal(whole_a, np.asarray(b.read_region((0, 0), 2, lower)))
     oa = openslide.OpenSlide(source / "level-00.dcm")
     ob = openslide.OpenSlide(sorted(hub.glob("level-00.part-*.dcm"))[0])

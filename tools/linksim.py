@@ -103,8 +103,14 @@ class _Pipe:
         self.stop = threading.Event()
         self._ended = 0  # directions that have passed their EOF on
         self._ended_lock = threading.Lock()
+        # Bounded delay lines: a real link pushes back once its bandwidth-delay product is in
+        # flight; an unbounded one would take a whole upload at once and leave the client
+        # waiting for an answer (and timing out) while the bytes trickle out behind it.
+        settings = link.settings
+        in_flight = settings.rate_bps / 8 * settings.latency_s if settings.rate_bps else 0
+        slots = max(4, int((in_flight + 64 * 1024) // CHUNK) + 1)
         for src, dst, up in ((client, server, True), (server, client, False)):
-            line: queue.Queue[tuple[float, bytes]] = queue.Queue()
+            line: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=slots)
             threading.Thread(target=self._read, args=(src, line), daemon=True).start()
             threading.Thread(target=self._write, args=(dst, line, up), daemon=True).start()
 
@@ -112,11 +118,16 @@ class _Pipe:
         try:
             while not self.stop.is_set():
                 data = src.recv(CHUNK)
-                line.put((time.monotonic(), data))
+                stamp = time.monotonic()
+                while not self.stop.is_set():
+                    try:
+                        line.put((stamp, data), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
                 if not data:
                     return
         except OSError:
-            line.put((time.monotonic(), b""))
             self.close(reset=True)
 
     def _write(self, dst: socket.socket, line: queue.Queue[tuple[float, bytes]], up: bool) -> None:
@@ -142,8 +153,8 @@ class _Pipe:
                     piece = data[start : start + 4096]
                     if not bucket.take(len(piece), self.stop):
                         return
+                    self.link.count(up, len(piece))  # first: the peer may read it at once
                     dst.sendall(piece)
-                    self.link.count(up, len(piece))
         except OSError:
             self.close(reset=True)
 
@@ -234,6 +245,9 @@ class LinkSim:
     def _open_listener(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # small kernel buffers on our side (accepted sockets inherit them): the shaping, not
+        # loopback's megabytes of buffer, decides when a sender may go on
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         listener.settimeout(0.2)
