@@ -5,8 +5,7 @@ Rows: edge's progressive sync (outbox order, concatenation parts, STOW-RS reques
 `--max-request-mb`, retries) and a plain STOW-RS (one request with every instance, sent again
 after any failure), both on the dropping link; then both on the same link without drops, for
 the cost of the parts and the ordering alone. Each run gets the same seeded drop schedule,
-counted from its own start, and a fresh Orthanc whose HttpRequestTimeout is raised to an hour
-(its default, 30 s, fails any request that takes longer to upload, drops or not).
+counted from its own start, and a fresh Orthanc (configured as in tests/orthanc.py).
 """
 
 from __future__ import annotations
@@ -22,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.orthanc import orthanc_server  # noqa: E402
 from tools.linksim import LinkSettings, LinkSim  # noqa: E402
-from tools.synclab import SyncRun, patient_hub, plain, progressive  # noqa: E402
+from tools.synclab import SyncRun, plain, progressive  # noqa: E402
 
 MB = 1e6
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     for link_name, settings, sender in plans:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             work = Path(tmp)
-            with patient_hub(work / "orthanc") as hub:
+            with orthanc_server(work / "orthanc") as hub:
                 print(f"{sender} over the {link_name} link ...", file=sys.stderr, flush=True)
                 with LinkSim(("127.0.0.1", hub.http_port), settings) as link:
                     if sender == "progressive":

@@ -14,10 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
@@ -28,30 +26,7 @@ from edge.forward.worker import drain
 from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
 from edge.outbox.schema import DATABASE
 from edge.sync.plan import prepare_for
-from tests.orthanc import Orthanc, free_port, need_orthanc
 from tools.linksim import LinkSim
-
-
-@dataclass
-class PatientOrthanc(Orthanc):
-    """Orthanc as a hub that waits for slow requests: its HttpRequestTimeout (default 30 s)
-    closes any request whose body takes longer to arrive, which on a 5 Mbit/s link is any
-    request over ~18 MB, dropped or not. The baseline must not lose to that setting."""
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "HttpRequestTimeout": 3600}
-
-
-@contextmanager
-def patient_hub(root: Path) -> Iterator[Orthanc]:
-    need_orthanc()
-    root.mkdir(parents=True, exist_ok=True)
-    server = PatientOrthanc(root, free_port(), free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def sop_uid(path: Path) -> str:
