@@ -48,7 +48,7 @@ class LinkStats:
     up_bytes: int = 0  # client -> target, bytes that crossed the link
     down_bytes: int = 0  # target -> client
     connections: int = 0
-    drops: int = 0  # drop events (each may reset several connections)
+    drops: int = 0  # drop events (each may reset several connections; a down start is one)
     reset_connections: int = 0
     refused: int = 0  # connection attempts while down (as seen by the simulator: none)
     drop_times: list[float] = field(default_factory=list)  # seconds since start
