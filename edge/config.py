@@ -54,6 +54,7 @@ class Destination:
     region: str = ""  # stowrs aws-sigv4: the AWS region, e.g. us-east-1
     aws_service: str = "medical-imaging"  # stowrs aws-sigv4: the service name signed for
     max_bytes_per_s: int = 0  # all kinds: bandwidth cap in bytes per second (0: unlimited)
+    max_instance_bytes: int = 0  # all kinds: WSI instances above it go as concatenation parts
     send_windows: tuple[str, ...] = ()  # all kinds: local "HH:MM-HH:MM" times to send (): always
     deidentify: str = ""  # "": identified data; "basic": PS3.15 basic profile (docs/privacy.md)
     deidentify_options: tuple[str, ...] = ()  # e.g. ["retain-modified-dates"] (docs/privacy.md)
@@ -304,12 +305,23 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             region=_typed(where, table, "region", str, ""),
             aws_service=_typed(where, table, "aws_service", str, "medical-imaging"),
             max_bytes_per_s=_typed(where, table, "max_bytes_per_s", int, 0),
+            max_instance_bytes=_typed(where, table, "max_instance_bytes", int, 0),
             send_windows=_windows(f"{where} ({name})", table),
             **_deidentify(where, name, table),
         )
         dest = _auth(f"{where} ({name})", dest)
         if dest.max_bytes_per_s < 0:
             raise ConfigError(f"{where} ({name}): max_bytes_per_s must be 0 (unlimited) or more")
+        if dest.max_instance_bytes != 0 and dest.max_instance_bytes < 1 << 20:
+            raise ConfigError(
+                f"{where} ({name}): max_instance_bytes must be 0 (off) or at least 1 MiB"
+            )
+        if kind == "stowrs" and dest.max_instance_bytes > dest.max_request_bytes - 4096:
+            raise ConfigError(
+                f"{where} ({name}): max_instance_bytes {dest.max_instance_bytes} must leave room "
+                f"for the multipart headers in a request: at most max_request_bytes - 4096 "
+                f"({dest.max_request_bytes - 4096})"
+            )
         if kind == "stowrs" and not dest.url.startswith(("http://", "https://")):
             raise ConfigError(f"{where} ({name}): a stowrs destination needs an http(s) url")
         if kind == "stowrs" and dest.max_request_bytes < 1 << 20:

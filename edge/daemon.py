@@ -53,6 +53,7 @@ from edge.outbox.retry import CircuitBreaker, RetryPolicy
 from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
 from edge.pipeline import Stopping, boost, process
+from edge.sync.plan import prepare_for
 from edge.system.disk import DiskMonitor, DiskUsage, Watermarks, usage
 from edge.system.mdns import Announced, Announcement, announce, announceable_port
 from edge.system.notify import Watchdog
@@ -451,7 +452,22 @@ class Daemon:
                 self._secret,
             )
             found.append((targets, copy))
-        return found
+        return self._parts(job_id, found)
+
+    def _parts(
+        self, job_id: int, found: list[tuple[list[str], list[Path]]]
+    ) -> list[tuple[list[str], list[Path]]]:
+        """Destinations with `max_instance_bytes` get large levels as concatenation parts
+        (docs/sync.md): a dropped link then loses one part, not a whole level."""
+        out: list[tuple[list[str], list[Path]]] = []
+        for targets, files in found:
+            by_cap: dict[int, list[str]] = {}
+            for name in targets:
+                by_cap.setdefault(self.config.destination(name).max_instance_bytes, []).append(name)
+            for cap, names in by_cap.items():
+                work = self.config.state_dir / "parts" / f"job-{job_id:06d}" / str(cap)
+                out.append((names, prepare_for(self.config.destination(names[0]), files, work)))
+        return out
 
     def _quarantine_file(self, source: Path) -> None:
         target = self.config.ingest.quarantine_dir

@@ -49,6 +49,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
     actions.add_parser("stats", help="counts per destination and state (JSON)")
+    progress = actions.add_parser(
+        "progress",
+        help="how far a slide is at each destination (results, overview, full resolution)",
+    )
+    progress.add_argument("slide", nargs="?", help="slide key (default: the 20 latest slides)")
+    progress.add_argument("--to", dest="destination", metavar="NAME")
+    progress.add_argument("--json", action="store_true")
     retry = actions.add_parser("retry", help="send failed or parked deliveries again")
     retry.add_argument("ids", nargs="+", type=int)
     park = actions.add_parser("park", help="stop sending these deliveries")
@@ -154,6 +161,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
                     )
             elif args.action == "stats":
                 print(json.dumps(outbox.stats(), indent=2))
+            elif args.action == "progress":
+                _progress(outbox, args)
             elif args.action == "retry":
                 outbox.retry(args.ids)
             elif args.action == "park":
@@ -165,3 +174,30 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     return EXIT_OK
+
+
+def _progress(outbox: Outbox, args: argparse.Namespace) -> None:
+    pairs = [
+        (key, dest)
+        for key, dest in outbox.slide_keys(limit=20, slide_key=args.slide)
+        if args.destination is None or dest == args.destination
+    ]
+    found = [outbox.slide_progress(key, dest) for key, dest in pairs]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        print("nothing queued" + (f" for {args.slide}" if args.slide else ""))
+    for p in found:
+        start = p["enqueued_at"]
+
+        def after(at: float | None, start: float = start) -> str:
+            return "-" if at is None else f"+{at - start:.0f}s"
+
+        print(
+            f"{p['destination']:<12} {p['state']:<9} "
+            f"{p['bytes_delivered'] / 1e6:.1f}/{p['bytes_total'] / 1e6:.1f} MB "
+            f"full-res {p['full_resolution']:.0%} results {after(p['results_sent_at'])} "
+            f"overview {after(p['overview_sent_at'])} done {after(p['completed_at'])} "
+            f"{p['slide_key']}"
+        )

@@ -357,6 +357,12 @@ class Outbox:
     def events(self, instance_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return queries.events(self._conn, instance_id, limit)
 
+    def slide_progress(self, slide_key: str, destination: str) -> dict[str, Any]:
+        return queries.slide_progress(self._conn, slide_key, destination)
+
+    def slide_keys(self, limit: int = 20, slide_key: str | None = None) -> list[tuple[str, str]]:
+        return queries.slide_keys(self._conn, limit, slide_key)
+
     def list(self, **filters: Any) -> list[dict[str, Any]]:
         """Rows for the CLI: destination, state, slide_key, limit, offset filters."""
         return queries.list_deliveries(self._conn, **filters)

@@ -1,0 +1,1 @@
+"""Sync over poor links: what to send to a destination (parts of large instances)."""
