@@ -449,3 +449,32 @@ def test_a_slide_deleted_before_its_turn_gets_a_clear_state(tmp_path: Path) -> N
         or "not found" in rows["gone.svs"]["error"].lower()
     ), rows["gone.svs"]["error"]
     assert rows["next.svs"]["state"] == "done" and rows["next.svs"]["delivered"]
+
+
+def test_a_capped_destination_gets_level_0_as_concatenation_parts(tmp_path: Path) -> None:
+    """`max_instance_bytes` (docs/sync.md): the daemon queues large levels as parts for that
+    destination only; the other gets the level whole."""
+    config = _toml(
+        tmp_path,
+        f'[[destination]]\nname = "hub"\nkind = "folder"\npath = "{tmp_path / "hub"}"\n'
+        "max_instance_bytes = 1048576\n"
+        f'[[destination]]\nname = "pacs"\nkind = "folder"\npath = "{tmp_path / "pacs"}"\n',
+    )
+    write_slide(tmp_path / "inbox" / "s.svs", 4096, 3072, "svs", seed=31, quality=95)
+    done = run_edge("run", "--config", str(config), "--once", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+    hub = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "hub").rglob("*.dcm")]
+    pacs = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "pacs").rglob("*.dcm")]
+    parts = [ds for ds in hub if "ConcatenationUID" in ds]
+    assert len(parts) >= 2, "level 0 went in parts"
+    assert all(p.stat().st_size <= 1048576 for p in (tmp_path / "hub").rglob("*.dcm"))
+    concatenations: dict[str, list[int]] = {}
+    for ds in parts:
+        concatenations.setdefault(str(ds.ConcatenationUID), []).append(
+            int(ds.InConcatenationNumber)
+        )
+    for uid, numbers in concatenations.items():
+        totals = {int(ds.InConcatenationTotalNumber) for ds in parts if ds.ConcatenationUID == uid}
+        assert totals == {len(numbers)} and sorted(numbers) == list(range(1, len(numbers) + 1))
+    assert not any("ConcatenationUID" in ds for ds in pacs), "the uncapped PACS gets it whole"
+    assert len(hub) > len(pacs)
