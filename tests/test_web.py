@@ -225,6 +225,8 @@ def test_pages_show_the_daemon_run(site: dict[str, Any]) -> None:
     detail = c.get(f"/slides/{ids['pen-kit.svs']}").text
     assert "Rescan this slide" in detail and 'data-layer="pen"' in detail
     assert "QC numbers" in detail and "local" in detail, "send history per destination"
+    assert 'data-progress="local"' in detail and "100% of full resolution" in detail
+    assert "overview sent" in detail and "complete" in detail
     assert "done" in detail
     assert "local" in c.get("/destinations").text
     assert "job:done" in c.get("/audit").text

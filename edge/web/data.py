@@ -19,6 +19,7 @@ from typing import Any
 from edge import config as cfg
 from edge.analysis.outputs import CLASSES
 from edge.jobs import JOB_STATES
+from edge.outbox import queries
 from edge.outbox.schema import DATABASE, STATES, connect
 
 VERDICTS = ("pass", "review", "rescan")
@@ -161,6 +162,8 @@ def deliveries_of(conn: sqlite3.Connection, job_id: int) -> list[dict[str, Any]]
             entry["last_delivered_at"] = row["delivered_at"]
         if row["last_error"] and (entry["last_error_at"] or 0) <= row["updated_at"]:
             entry["last_error"], entry["last_error_at"] = row["last_error"], row["updated_at"]
+    for entry in per.values():  # "overview sent 14:02, 38% of full resolution"
+        entry["progress"] = queries.slide_progress(conn, slide_key(job_id), entry["destination"])
     return list(per.values())
 
 
