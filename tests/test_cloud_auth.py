@@ -21,21 +21,11 @@ from edge.forward.stowrs import StowRsDestination
 from tests.cloud_proxy import AwsKey, CloudProxy, ServiceAccount, cloud_proxy
 from tests.orthanc import Orthanc, orthanc, orthanc_server
 from tests.test_forward import item_for, wsi_files
+from tests.test_orthanc import empty, items
 
-__all__ = ["orthanc", "wsi_files"]  # fixtures used by name
+__all__ = ["empty", "items", "orthanc", "wsi_files"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def items(wsi_files: list[Path]) -> list[Item]:
-    return [item_for(path, number) for number, path in enumerate(wsi_files, start=1)]
-
-
-@pytest.fixture()
-def empty(orthanc: Orthanc) -> Orthanc:
-    orthanc.clear()
-    return orthanc
 
 
 def stowrs(url: str, **settings: Any) -> StowRsDestination:
