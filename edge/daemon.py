@@ -583,6 +583,7 @@ class Daemon:
         retention_s = self.config.storage.retention_days * 86400.0
         with Outbox(self.database) as outbox:
             removed = outbox.purge_delivered(retention_s)
+            removed += self._leftovers(retention_s)
             if removed:
                 with outbox.transaction() as conn:
                     record(conn, "delete", detail=f"{len(removed)} delivered file(s), retention")
@@ -592,6 +593,22 @@ class Daemon:
         if removed:
             LOGGER.info("retention: removed %d delivered file(s)", len(removed))
         return len(removed)
+
+    def _leftovers(self, retention_s: float) -> list[Path]:
+        """Files of a fully delivered job that no destination received as such (a level sent
+        as concatenation parts, a slide only de-identified copies of went out): removed with
+        the rest, or a site whose every destination is capped would fill its disk."""
+        removed: list[Path] = []
+        with JobStore(self.database) as jobs:
+            retired = jobs.retired(time.time() - retention_s)
+        for job in retired:
+            if not job["delivered"]:
+                continue
+            for path in Path(job["output"]).glob("*.dcm"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+        return removed
 
     def idle(self) -> bool:
         """Nothing left to find, convert or send (once-mode's end)."""

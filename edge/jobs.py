@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,18 @@ class JobStore:
         return _with_delivery(
             self._conn, [_row(r) for r in self._conn.execute(sql, (*args, limit))]
         )
+
+    def retired(self, finished_before: float) -> Sequence[dict[str, Any]]:
+        """Done jobs finished before the given time whose output folder still holds DICOM."""
+        rows = [
+            _row(r)
+            for r in self._conn.execute(
+                "SELECT * FROM jobs WHERE state = 'done' AND finished_at < ? AND output != ''",
+                (finished_before,),
+            )
+        ]
+        rows = [r for r in rows if any(Path(r["output"]).glob("*.dcm"))]
+        return _with_delivery(self._conn, rows)
 
     def counts(self) -> dict[str, int]:
         return job_counts(self._conn)

@@ -478,3 +478,27 @@ def test_a_capped_destination_gets_level_0_as_concatenation_parts(tmp_path: Path
         assert totals == {len(numbers)} and sorted(numbers) == list(range(1, len(numbers) + 1))
     assert not any("ConcatenationUID" in ds for ds in pacs), "the uncapped PACS gets it whole"
     assert len(hub) > len(pacs)
+
+
+def test_retention_also_removes_levels_that_went_out_as_parts(tmp_path: Path) -> None:
+    """Every destination capped: level 0 is queued only as parts, so the outbox alone would
+    never remove the original; retention must, once everything is delivered (else the disk of
+    a remote site fills), keeping the QC report."""
+    (tmp_path / "inbox").mkdir()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[storage]\nstate_dir = "{tmp_path / "state"}"\nretention_days = 0\n'
+        f'[ingest]\nwatch = ["{tmp_path / "inbox"}"]\nsettle_s = 0.5\npoll_s = 0.2\n'
+        f'[[destination]]\nname = "hub"\nkind = "folder"\npath = "{tmp_path / "hub"}"\n'
+        "max_instance_bytes = 1048576\n"
+    )
+    write_slide(tmp_path / "inbox" / "s.svs", 4096, 3072, "svs", seed=32, quality=95)
+    done = run_edge("run", "--config", str(config), "--once", "--timeout", "120")
+    assert done.returncode == 0, done.stderr
+    with JobStore(tmp_path / "state" / DATABASE) as jobs:
+        (job,) = jobs.list()
+    assert job["delivered"]
+    assert run_edge("housekeeping", "--config", str(config)).returncode == 0
+    assert not list(Path(job["output"]).glob("*.dcm")), "no DICOM left behind"
+    assert Path(job["report"]).is_file(), "the QC report stays"
+    assert list((tmp_path / "hub").rglob("*.dcm")), "what was delivered is at the hub"
