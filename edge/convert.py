@@ -27,7 +27,8 @@ from edge.dicom.pyramid import plan_pyramid
 from edge.dicom.uids import DEFAULT_ROOT, check_root, fingerprint, make_uid
 from edge.dicom.writer import FrameWriter
 from edge.dicom.wsi import WrittenInstance, WsiWriter, pad_tile, spec_for_plan
-from edge.errors import InputError, OutputError
+from edge.errors import InputError
+from edge.fileio import replace_dir
 from edge.slide.model import AssociatedKind
 from edge.slide.open import open_slide
 from edge.slide.source import SlideSource
@@ -198,7 +199,7 @@ def _convert_atomically(
         result = _convert_open(
             source, temp, options, encoder, patient, progress, extra_consumers, identity_key
         )
-        _replace_dir(temp, final)
+        replace_dir(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -425,15 +426,3 @@ def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
-
-
-def _replace_dir(temp: Path, final: Path) -> None:
-    """Swap the finished folder into place; an older result is removed only afterwards."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    try:
-        if final.exists():
-            final.rename(old)
-        temp.rename(final)
-    except OSError as exc:
-        raise OutputError(f"{final}: cannot move the finished output into place: {exc}") from exc
-    shutil.rmtree(old, ignore_errors=True)

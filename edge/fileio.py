@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+from edge.errors import OutputError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -21,3 +24,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(temp: Path, final: Path) -> None:
+    """Swap a finished folder into place; an older result is removed only afterwards, so a
+    failure leaves either the old folder or the new one, never a mix."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    try:
+        if final.exists():
+            final.rename(old)
+        temp.rename(final)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot move the finished output into place: {exc}") from exc
+    shutil.rmtree(old, ignore_errors=True)

@@ -31,6 +31,7 @@ from edge.deid.policy import DeidError, Policy
 from edge.deid.transform import deidentify_dataset
 from edge.dicom.metadata import IMPLEMENTATION_NAME, IMPLEMENTATION_UID
 from edge.errors import CorruptInput, OutputError, UnsupportedInput
+from edge.fileio import replace_dir
 
 LOGGER = logging.getLogger(__name__)
 COPY_CHUNK = 8 << 20
@@ -267,7 +268,7 @@ def deidentify_slide(src_dir: Path, dst_dir: Path, policy: Policy, secret: bytes
             made = _one(src, temp, policy, secret)
             if made is not None:
                 written.append(made)
-        _replace_dir(temp, dst_dir)
+        replace_dir(temp, dst_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -290,14 +291,3 @@ def _one(src: Path, folder: Path, policy: Policy, secret: bytes) -> Path | None:
         )
     made.rename(final)
     return final
-
-
-def _replace_dir(temp: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    try:
-        if final.exists():
-            final.rename(old)
-        temp.rename(final)
-    except OSError as exc:
-        raise OutputError(f"{final}: cannot move the finished output into place: {exc}") from exc
-    shutil.rmtree(old, ignore_errors=True)
