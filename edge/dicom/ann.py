@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from edge.analysis.geojson import mask_polygons, polygon_area
+from edge.analysis.geojson import COLORS, mask_polygons, polygon_area
 from edge.analysis.qc import QC_CLASSES
 from edge.dicom import qc_codes
-from edge.dicom.seg import COLOURS, algorithm_identification
+from edge.dicom.seg import algorithm_identification
 from edge.errors import OutputError
 
 Mask = npt.NDArray[np.bool_]
@@ -91,7 +91,7 @@ def build_annotations(
                 algorithm_type=hd.ann.AnnotationGroupGenerationTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm_identification(kind, models),
                 measurements=[hd.ann.Measurements(qc_codes.AREA, areas, qc_codes.MM2)],
-                display_color=hd.color.CIELabColor.from_rgb(*COLOURS[kind]),
+                display_color=hd.color.CIELabColor.from_rgb(*COLORS[kind]),
             )
         )
     if not groups:

@@ -28,21 +28,13 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from edge.analysis.geojson import COLORS  # one colour per class: GeoJSON, SEG, dashboard
 from edge.dicom import qc_codes
 from edge.errors import OutputError
 
 MAX_SEG_PIXELS = 32 << 20  # level pixels: 7 segments of a byte each in memory while encoding
 SEG_CLASSES = ("tissue", "blur", "pen", "fold", "bubble", "debris", "edge")
 MODEL_OF = {"blur": "focus"}  # every other class comes from the artifact model
-COLOURS = {  # display colours (sRGB) a viewer may use for each segment
-    "tissue": (0, 170, 0),
-    "blur": (0, 90, 255),
-    "pen": (220, 0, 220),
-    "fold": (255, 140, 0),
-    "bubble": (0, 210, 230),
-    "debris": (140, 80, 20),
-    "edge": (240, 220, 0),
-}
 
 Mask = npt.NDArray[np.bool_]
 
@@ -128,7 +120,7 @@ def segment_descriptions(
                 algorithm_identification=algorithm_identification(kind, models),
                 tracking_id=f"edge QC {kind}",
                 tracking_uid=tracking_uids[kind],
-                display_color=hd.color.CIELabColor.from_rgb(*COLOURS[kind]),
+                display_color=hd.color.CIELabColor.from_rgb(*COLORS[kind]),
             )
         )
     return out

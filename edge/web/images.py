@@ -14,19 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-COLOURS = {
-    "tissue": (40, 160, 60),
-    "blur": (30, 110, 230),
-    "pen": (220, 30, 200),
-    "fold": (240, 140, 0),
-    "bubble": (0, 200, 220),
-    "debris": (150, 90, 40),
-    "edge": (230, 30, 30),
-}
+from edge.analysis.geojson import COLORS
 
 
 def colour_of(name: str) -> str:
-    r, g, b = COLOURS.get(name, (255, 255, 0))
+    r, g, b = COLORS.get(name, (255, 255, 0))
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
@@ -40,7 +32,7 @@ def _overlay(path: str, name: str, _mtime: int, _size: int) -> bytes:
     with Image.open(path) as image:
         grey = np.asarray(image.convert("L"), dtype=np.uint8)
     rgba = np.empty((*grey.shape, 4), np.uint8)
-    rgba[..., :3] = COLOURS.get(name, (255, 255, 0))
+    rgba[..., :3] = COLORS.get(name, (255, 255, 0))
     rgba[..., 3] = grey
     out = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(out, "PNG", compress_level=1)
