@@ -105,10 +105,7 @@ def build_annotations(
             series_number=4,
             sop_instance_uid=sop_uid,
             instance_number=1,
-            manufacturer=equipment["manufacturer"],
-            manufacturer_model_name=equipment["model"],
-            software_versions=equipment["software"],
-            device_serial_number=equipment["serial"],
+            **equipment,
             content_description="QC: artifact regions found by the edge appliance",
             content_label="EDGE_QC",
         )

@@ -86,11 +86,13 @@ def qc_uids(series_uid: str, models: list[dict[str, str]], root: str) -> dict[st
 
 
 def _equipment() -> dict[str, Any]:
+    """The appliance as equipment, keyed as highdicom's image constructors name it (so the SEG
+    and the annotations take it as **keywords)."""
     return {
         "manufacturer": "edge appliance",
-        "model": "edge",
-        "software": __version__,
-        "serial": platform.node()[:64] or "unknown",
+        "manufacturer_model_name": "edge",
+        "software_versions": __version__,
+        "device_serial_number": platform.node()[:64] or "unknown",
     }
 
 

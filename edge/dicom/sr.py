@@ -196,8 +196,8 @@ def build_sr(
             uid=inputs.device_uid,
             name="edge QC",
             manufacturer_name=inputs.equipment["manufacturer"],
-            model_name=inputs.equipment["model"],
-            serial_number=inputs.equipment["serial"],
+            model_name=inputs.equipment["manufacturer_model_name"],
+            serial_number=inputs.equipment["device_serial_number"],
         ),
     )
     try:
