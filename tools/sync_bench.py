@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
         ("steady", steady, "progressive"),
         ("steady", steady, "plain"),
     ]
+    wanted = set(args.only.split(",")) if args.only else None
+    plans = [p for p in plans if wanted is None or f"{p[2]}-{p[0]}" in wanted]
+    if not plans:
+        print(f"--only {args.only}: no such run", file=sys.stderr)
+        return 2
     for link_name, settings, sender in plans:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             work = Path(tmp)
@@ -110,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"tools/bench sync --size {args.size} --seed {args.seed} --rate-mbps {args.rate_mbps:g} "
         f"--latency-ms {args.latency_ms:g} --drop-every {args.drop_every} "
         f"--link-seed {args.link_seed} --max-request-mb {args.max_request_mb:g} "
-        f"--timeout {args.timeout:g}"
+        f"--timeout {args.timeout:g}" + (f" --only {args.only}" if args.only else "")
     )
     text = (
         f"Command: `.venv/bin/python {command}`\n\n"
