@@ -34,6 +34,9 @@ from edge.analysis.sampler import (
     Geometry,
     MosaicAccumulator,
     _cuts,
+    glass_gate,
+    low_level,
+    low_mosaic,
     reduced_tile,
     tissue_like,
 )
@@ -301,6 +304,60 @@ def test_sampler_on_a_slide_gives_its_mosaic_and_tissue_crops(synthetic_svs: Pat
         for c in crops
     ]
     assert float(np.median(centre_dark)) < 225
+
+
+def test_low_level_picks_the_cheapest_level_on_whole_mosaic_cells() -> None:
+    g = Geometry(40000, 30000, 0.25, 4, 16)
+
+    def lvl(i: int, d: float, tile: int = 256, w: int | None = None) -> Level:
+        return Level(i, w or math.ceil(40000 / d), math.ceil(30000 / d), tile, tile,
+                     Codec.JPEG, downsample=d)  # fmt: skip
+
+    levels = (lvl(0, 1), lvl(1, 4), lvl(2, 16), lvl(3, 64))
+    assert low_level(levels, g) == (levels[2], 16)  # 64 does not divide the mosaic's 16
+    odd = lvl(1, 4.0003)  # SVS downsamples are ratios of rounded sizes
+    assert low_level((lvl(0, 1), odd), g) == (odd, 4)
+    assert low_level((lvl(0, 1), lvl(1, 4, tile=250)), g) is None  # 250 px: not whole cells
+    assert low_level((lvl(0, 1), lvl(1, 4, w=5000)), g) is None  # a cropped level
+    assert low_level((lvl(0, 1), lvl(1, 3)), g) is None  # 3 does not divide 16
+    assert low_level((lvl(0, 1),), g) is None
+
+
+def test_glass_gate_covers_stain_and_a_margin_and_nothing_else() -> None:
+    low = np.full((40, 50, 3), GLASS, np.uint8)
+    low[10:12, 20:22] = (180, 90, 150)  # a speck of tissue
+    busy = glass_gate(low)
+    assert busy[8:14, 18:24].all()  # the speck and its 2-cell margin
+    assert busy.sum() == 6 * 6
+    assert not glass_gate(np.full((40, 50, 3), GLASS, np.uint8)).any()
+
+
+def test_glass_tiles_are_skipped_and_the_mosaic_barely_changes(synthetic_svs: Path) -> None:
+    """The gated pass decodes fewer level-0 tiles, keeps every focus crop, and its mosaic
+    equals the full pass's on every cell that holds anything stained."""
+    runs: dict[bool, tuple[AnalysisSampler, list[FocusCrop]]] = {}
+    for gated in (False, True):
+        source: SlideSource = open_slide(synthetic_svs)
+        crops: list[FocusCrop] = []
+        try:
+            level = source.levels[0]
+            g = Geometry.plan(level.width, level.height, 0.25)
+            low = low_mosaic(source, g) if gated else None
+            if gated:
+                assert low is not None and low.shape == (*g.mosaic_shape, 3)
+            sampler = AnalysisSampler(g, lambda c, p, k=crops: k.extend(c), batch_size=16, low=low)
+            stream_tiles(source, [sampler])
+        finally:
+            source.close()
+        runs[gated] = sampler, crops
+    (full, full_crops), (gated_sampler, gated_crops) = runs[False], runs[True]
+    assert gated_sampler.tiles_skipped > 0
+    assert gated_sampler.tiles_seen + gated_sampler.tiles_skipped == full.tiles_seen
+    assert sorted((c.x, c.y) for c in gated_crops) == sorted((c.x, c.y) for c in full_crops)
+    a, b = gated_sampler.image(), full.image()
+    stained = tissue_like(b, spread=10)
+    assert np.array_equal(a[stained], b[stained])
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 12  # glass from the lower level
 
 
 def test_focus_grid_spreads_crops_and_averages_overlaps() -> None:

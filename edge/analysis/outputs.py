@@ -8,7 +8,7 @@ report.json (read by the daemon, the dashboard and the DICOM SR writer):
     classes        {tissue, blur, pen, fold, bubble, debris, edge: {fraction_of_tissue,
                     heatmap ("heatmaps/<class>.png", 8-bit, 255 = certain), area_mm2, ...}}
     stain, stain_scores, priority (0-100), tissue_mm2, fragments,
-    models [{name, version, sha256}], backend, mpp, seconds
+    models [{name, version, sha256}], backend, mpp, seconds, tiles
 Files are written to temporary names and renamed, so a reader never sees half a report.
 """
 
@@ -43,6 +43,7 @@ def report_dict(result: AnalysisResult, slide: str) -> dict[str, Any]:
         "models": result.models,
         "backend": result.backend,
         "seconds": result.seconds,
+        "tiles": result.tiles,
     }
     if not result.available or result.geometry is None or result.findings is None:
         doc.update(downsample=None, classes={})

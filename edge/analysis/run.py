@@ -27,7 +27,14 @@ from edge.analysis import nets, qc, registry
 from edge.analysis.backends.base import Session
 from edge.analysis.backends.select import DEFAULT_CACHE_DIR, open_session
 from edge.analysis.dense import predict_dense
-from edge.analysis.sampler import AnalysisSampler, FocusCrop, FocusGrid, Geometry, tissue_like
+from edge.analysis.sampler import (
+    AnalysisSampler,
+    FocusCrop,
+    FocusGrid,
+    Geometry,
+    low_mosaic,
+    tissue_like,
+)
 from edge.errors import EdgeError
 from edge.slide.source import SlideSource
 
@@ -44,6 +51,8 @@ class AnalysisOptions:
     threads: int | None = None
     thresholds: qc.Thresholds = field(default_factory=qc.Thresholds)
     mpp: float | None = None  # override the file's pixel size
+    # Skip decoding level-0 tiles that are clean glass in the source's own lower level.
+    skip_glass: bool = True
 
 
 @dataclass
@@ -63,6 +72,7 @@ class AnalysisResult:
     models: list[dict[str, str]] = field(default_factory=list)
     backend: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    tiles: dict[str, int] = field(default_factory=dict)  # level-0 tiles decoded / skipped
     crops_scored: int = 0
     site_scores: dict[str, float] = field(default_factory=dict)
     focus_scores: list[tuple[FocusCrop, float]] = field(default_factory=list)
@@ -151,7 +161,15 @@ class Analyser:
         geometry = Geometry.plan(level.width, level.height, mpp)
         self._focus = FocusGrid(geometry)
         focus_spec = self.specs["focus"]
-        self._sampler = AnalysisSampler(geometry, self._score_focus, focus_spec.max_batch)
+        low = None
+        if self.options.skip_glass:
+            try:
+                low = low_mosaic(source, geometry)
+            except Exception as exc:  # the gate only saves time: without it, decode all
+                LOGGER.warning(
+                    "%s: lower level unreadable, decoding every tile: %s", source.path.name, exc
+                )
+        self._sampler = AnalysisSampler(geometry, self._score_focus, focus_spec.max_batch, low=low)
         self._started = time.monotonic()
         return self._sampler
 
@@ -170,7 +188,7 @@ class Analyser:
         sampler, geometry = self._sampler, self._sampler.geometry
         pass_seconds = time.monotonic() - self._started
         t = time.monotonic()
-        mosaic = sampler.mosaic.image()
+        mosaic = sampler.image()
         sampler.mosaic.release()
         faint = tissue_like(mosaic, spread=10)  # anything stained at all (a superset)
         art = predict_dense(
@@ -219,6 +237,7 @@ class Analyser:
                 "total_after_pass": round(time.monotonic() - t, 3),
             },
             crops_scored=sampler.crops_scored,
+            tiles={"decoded": sampler.tiles_seen, "skipped_glass": sampler.tiles_skipped},
             focus_scores=self._focus.scores,
             mosaic=mosaic,
         )

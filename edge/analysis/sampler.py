@@ -8,6 +8,12 @@ ever built; other codecs are decoded and block-averaged. From that reduced tile 
   * the slide's "mosaic" at about 4 µm/px (block means, accumulated across tile borders), the
     input of the tissue, artifact and stain steps.
 
+Glass is not decoded at level 0: when the source has a lower level that fits the mosaic grid
+(the scanner's own pyramid), that level is read first (`low_mosaic`, a few megapixels), and
+level-0 tiles whose footprint holds nothing but clean glass there are skipped; the mosaic takes
+the lower level's pixels where no level-0 tile was decoded. On a typical slide most tiles are
+glass, and the Huffman decoding of level 0 is most of the analysis's CPU.
+
 Memory: the mosaic (bounded by MAX_MOSAIC_PIXELS through the choice of its downsample) and one
 batch of focus crops; never a full level.
 """
@@ -26,8 +32,10 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 from PIL import Image
+from scipy import ndimage
 
 from edge.slide.model import Codec, Level
+from edge.slide.source import SlideSource
 from edge.slide.stream import StreamTile
 
 FOCUS_UM = 1.0  # µm per pixel of the focus model's input
@@ -39,6 +47,8 @@ MAX_MOSAIC_PIXELS = 16 << 20
 FOCUS_MIN_TISSUE = 0.25
 TISSUE_SPREAD = 18  # max-min over RGB above this: stained (not grey glass)
 TISSUE_DARK = 200  # or mean below this: dark enough to be tissue
+GLASS_SPREAD = 10  # the gate's "anything stained at all" (the artifact model's superset)
+GATE_MARGIN = 2  # mosaic px around anything stained whose level-0 tiles are still decoded
 
 
 def pow2_near(value: float, lo: int, hi: int) -> int:
@@ -174,11 +184,15 @@ class MosaicAccumulator:
         self._sum[my : my + sums.shape[0], mx : mx + sums.shape[1]] += sums
         self._count[my : my + sums.shape[0], mx : mx + sums.shape[1]] += counts
 
-    def image(self, fill: int = 255) -> npt.NDArray[np.uint8]:
-        """The mosaic (uncovered pixels: `fill`, i.e. glass)."""
+    def image(
+        self, fill: int = 255, under: npt.NDArray[np.uint8] | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """The mosaic; pixels no tile covered come from `under` (same shape) or are `fill`
+        (glass)."""
         count = np.maximum(self._count, 1)[:, :, None]
         out = (self._sum + count // 2) // count
-        out[self._count == 0] = fill
+        empty = self._count == 0
+        out[empty] = fill if under is None else under[empty]
         image: npt.NDArray[np.uint8] = out.astype(np.uint8)
         return image
 
@@ -189,6 +203,64 @@ class MosaicAccumulator:
 
     def covered(self) -> npt.NDArray[np.bool_]:
         return self._count > 0
+
+
+def low_level(levels: tuple[Level, ...], geometry: Geometry) -> tuple[Level, int] | None:
+    """The cheapest lower level (largest downsample) whose pixels fall on whole mosaic cells:
+    an integer downsample d dividing the mosaic's, tiles a multiple of the cell (mosaic/d px).
+    Returns (level, d), or None when the source has no such level. Pure."""
+    best: tuple[Level, int] | None = None
+    for level in levels[1:]:
+        d = round(level.downsample)
+        if d < 2 or abs(level.downsample - d) > 0.01 * d or geometry.mosaic_downsample % d:
+            continue
+        f = geometry.mosaic_downsample // d
+        if level.samples != 3 or level.tile_width % f or level.tile_height % f:
+            continue
+        if abs(level.width - geometry.width / d) > 2 or abs(level.height - geometry.height / d) > 2:
+            continue  # not the same extent (a cropped or padded level): do not trust it
+        if best is None or d > best[1]:
+            best = level, d
+    return best
+
+
+def low_mosaic(source: SlideSource, geometry: Geometry) -> npt.NDArray[np.uint8] | None:
+    """The mosaic made from the source's own lower level (`low_level`), block means per cell,
+    or None when there is none. Reads and decodes that level once (a few MP at most)."""
+    found = low_level(source.levels, geometry)
+    if found is None:
+        return None
+    level, d = found
+    f = geometry.mosaic_downsample // d
+    mh, mw = geometry.mosaic_shape
+    out = np.full((mh, mw, 3), 255, np.uint8)
+    for frame in source.frames(level):
+        if frame.plane != 0:
+            continue
+        pixels = frame.pixels if frame.pixels is not None else source.decode(frame)
+        ly, lx = frame.row * level.tile_height, frame.col * level.tile_width
+        h = min(pixels.shape[0], level.height - ly)
+        w = min(pixels.shape[1], level.width - lx)
+        if h <= 0 or w <= 0:
+            continue
+        part = pixels[:h, :w, :3]
+        ph, pw = -h % f, -w % f  # pad a partial cell at the level's edge with its own pixels
+        if ph or pw:
+            part = np.pad(part, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        cells = part.reshape(part.shape[0] // f, f, part.shape[1] // f, f, 3).mean(axis=(1, 3))
+        my, mx = ly // f, lx // f
+        ch, cw = min(cells.shape[0], mh - my), min(cells.shape[1], mw - mx)
+        if ch > 0 and cw > 0:
+            out[my : my + ch, mx : mx + cw] = np.rint(cells[:ch, :cw]).astype(np.uint8)
+    return out
+
+
+def glass_gate(low: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Mosaic cells near anything stained (what must be decoded at level 0)."""
+    stained = tissue_like(low, spread=GLASS_SPREAD)
+    square = np.ones((3, 3), bool)  # diagonal neighbours too: a tile corner may touch stain
+    busy: npt.NDArray[np.bool_] = ndimage.binary_dilation(stained, square, GATE_MARGIN)
+    return busy
 
 
 def _cuts(origin: int, length: int, step: int) -> list[int]:
@@ -234,9 +306,14 @@ class AnalysisSampler:
         on_batch: Callable[[list[FocusCrop], npt.NDArray[np.uint8]], None],
         batch_size: int = 64,
         workers: int | None = None,
+        low: npt.NDArray[np.uint8] | None = None,
     ) -> None:
         self.geometry = geometry
         self.mosaic = MosaicAccumulator(geometry)
+        # With the lower level's mosaic, glass tiles are not decoded (module docstring).
+        self.low = low
+        self._busy = glass_gate(low) if low is not None else None
+        self.tiles_skipped = 0
         self._on_batch = on_batch
         self._batch_size = batch_size
         self._crops: list[FocusCrop] = []
@@ -270,12 +347,27 @@ class AnalysisSampler:
         frame = tile.frame
         if not self._active or frame.plane != 0:
             return
+        if self._busy is not None and not self._needs_decode(tile):
+            self.tiles_skipped += 1
+            return
         if self._pool is None:
             self._apply(self._reduce(tile))
             return
         self._pending.append(self._pool.submit(self._reduce, tile))
         while len(self._pending) > self._ahead or (self._pending and self._pending[0].done()):
             self._apply(self._pending.popleft().result())
+
+    def _needs_decode(self, tile: StreamTile) -> bool:
+        assert self._busy is not None
+        level, frame = tile.frame.level, tile.frame
+        d = self.geometry.mosaic_downsample
+        y0, x0 = frame.row * level.tile_height, frame.col * level.tile_width
+        y1, x1 = -(-(y0 + level.tile_height) // d), -(-(x0 + level.tile_width) // d)
+        return bool(self._busy[y0 // d : y1, x0 // d : x1].any())
+
+    def image(self) -> npt.NDArray[np.uint8]:
+        """The mosaic: decoded level-0 tiles, the lower level's pixels where none was."""
+        return self.mosaic.image(under=self.low)
 
     def _reduce(self, tile: StreamTile) -> _Reduced:
         """Worker side: decode, reduce, cut the focus crops (no shared state touched)."""
