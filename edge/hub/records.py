@@ -1,0 +1,180 @@
+"""The hub's records in the state database (schema version 7): instances per site, and each
+site's last contact. Functions over a connection; writes run inside the caller's
+write_transaction. `status` is what `GET /hub/status` and `edge hub status` show."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge.hub.store import Checked
+
+SERIES_SHOWN = 50  # per site, the series with the latest instances
+
+
+def known_sha256(conn: sqlite3.Connection, site: str, sop_instance_uid: str) -> str | None:
+    row = conn.execute(
+        "SELECT sha256 FROM hub_instances WHERE site = ? AND sop_instance_uid = ?",
+        (site, sop_instance_uid),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def record_instance(
+    conn: sqlite3.Connection,
+    site: str,
+    checked: Checked,
+    path: str,
+    size: int,
+    sha256: str,
+    at: float,
+) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO hub_instances (site, study_uid, series_uid, sop_instance_uid, "
+        "sop_class_uid, path, bytes, sha256, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            site,
+            checked.study_uid,
+            checked.series_uid,
+            checked.sop_instance_uid,
+            checked.sop_class_uid,
+            path,
+            size,
+            sha256,
+            at,
+        ),
+    )
+
+
+def record_contact(
+    conn: sqlite3.Connection, site: str, address: str, status: int, at: float
+) -> None:
+    conn.execute(
+        "INSERT INTO hub_sites (site, last_contact_at, last_address, last_status, requests) "
+        "VALUES (?, ?, ?, ?, 1) ON CONFLICT (site) DO UPDATE SET "
+        "last_contact_at = excluded.last_contact_at, last_address = excluded.last_address, "
+        "last_status = excluded.last_status, requests = requests + 1",
+        (site, at, address, status),
+    )
+
+
+@dataclass(frozen=True)
+class SeriesStatus:
+    study_uid: str
+    series_uid: str
+    instances: int
+    bytes: int
+    last_at: float
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    site: str
+    last_contact_at: float | None
+    last_address: str
+    last_status: int
+    requests: int
+    instances_today: int
+    bytes_today: int
+    instances_total: int
+    bytes_total: int
+    series: list[SeriesStatus] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def start_of_day(now: float) -> float:
+    """Local midnight before `now` (the hub's clock and time zone: "today" for its staff)."""
+    local = dt.datetime.fromtimestamp(now).astimezone()
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def status(conn: sqlite3.Connection, sites: list[str], now: float) -> list[SiteStatus]:
+    """Every configured site (and any other that has records), configured ones first."""
+    midnight = start_of_day(now)
+    contacts = {
+        str(r["site"]): r
+        for r in conn.execute(
+            "SELECT site, last_contact_at, last_address, last_status, requests FROM hub_sites"
+        )
+    }
+    totals = {
+        str(r["site"]): r
+        for r in conn.execute(
+            "SELECT site, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b, "
+            "COALESCE(SUM(received_at >= ?), 0) AS n_today, "
+            "COALESCE(SUM(CASE WHEN received_at >= ? THEN bytes ELSE 0 END), 0) AS b_today "
+            "FROM hub_instances GROUP BY site",
+            (midnight, midnight),
+        )
+    }
+    names = list(sites) + sorted((set(contacts) | set(totals)) - set(sites))
+    out = []
+    for name in names:
+        contact, total = contacts.get(name), totals.get(name)
+        series = [
+            SeriesStatus(
+                str(r["study_uid"]),
+                str(r["series_uid"]),
+                int(r["n"]),
+                int(r["b"]),
+                float(r["last_at"]),
+            )
+            for r in conn.execute(
+                "SELECT study_uid, series_uid, COUNT(*) AS n, SUM(bytes) AS b, "
+                "MAX(received_at) AS last_at FROM hub_instances WHERE site = ? "
+                "GROUP BY study_uid, series_uid ORDER BY last_at DESC LIMIT ?",
+                (name, SERIES_SHOWN),
+            )
+        ]
+        out.append(
+            SiteStatus(
+                site=name,
+                last_contact_at=None if contact is None else float(contact["last_contact_at"]),
+                last_address="" if contact is None else str(contact["last_address"]),
+                last_status=0 if contact is None else int(contact["last_status"]),
+                requests=0 if contact is None else int(contact["requests"]),
+                instances_today=0 if total is None else int(total["n_today"]),
+                bytes_today=0 if total is None else int(total["b_today"]),
+                instances_total=0 if total is None else int(total["n"]),
+                bytes_total=0 if total is None else int(total["b"]),
+                series=series,
+            )
+        )
+    return out
+
+
+def _when(at: float | None) -> str:
+    if at is None:
+        return "never"
+    return dt.datetime.fromtimestamp(at).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def render(statuses: list[SiteStatus]) -> str:
+    """Plain text for `edge hub status`."""
+    lines = []
+    for s in statuses:
+        contact = _when(s.last_contact_at)
+        if s.last_contact_at is not None:
+            contact += f" from {s.last_address} (HTTP {s.last_status})"
+        lines.append(
+            f"{s.site}: last contact {contact}, {s.instances_today:,} instance(s) today "
+            f"({_size(s.bytes_today)}), {s.instances_total:,} in total ({_size(s.bytes_total)})"
+        )
+        for series in s.series:
+            lines.append(
+                f"  series {series.series_uid}: {series.instances} instance(s), "
+                f"{_size(series.bytes)}, last {_when(series.last_at)}"
+            )
+    return "\n".join(lines) if lines else "no sites configured and nothing received"
