@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,7 @@ from edge.forward.stowrs import StowRsDestination
 from edge.hub.multipart import MultipartError, PartData, PartEnd, PartStart, Splitter
 from edge.hub.server import HubHandle, serve
 from edge.outbox.header import read_header
+from edge.web import serve as serve_web
 from tests.helpers import run_edge
 from tests.orthanc import Orthanc, free_port, orthanc
 
@@ -256,6 +258,18 @@ def test_two_sites_send_and_status_counts(hub: Rig, slide: Path, tmp_path: Path)
     assert {p: p.stat().st_mtime_ns for p in hub.stored("site-a")} == mtimes
     after = status_json(hub)["site-a"]
     assert after["instances_total"] == len(files) and after["requests"] == a["requests"] + 1  # type: ignore[operator]
+
+    # The dashboard's Sites panel (open_view: loopback without a login).
+    web = serve_web(
+        replace(hub.config, web=cfg.Web(open_view=True, discover_s=0)), listen="127.0.0.1:0"
+    )
+    try:
+        page = httpx.get(web.url + "/destinations").text
+    finally:
+        web.stop()
+    row = re.search(r'<tr data-site="site-a">(.*?)</tr>', page, re.S)
+    assert row and f"{len(files)} instances" in row[1] and header.series_uid in row[1], page
+    assert '<tr data-site="site-b">' in page
 
     # The status page for the hub's staff: its own token, not a site's.
     url = hub.handle.url.replace("/dicom-web", "/hub/status")

@@ -15,8 +15,6 @@ from edge.errors import EdgeError
 from edge.hub import records
 from edge.outbox.schema import DATABASE, connect
 
-HUB_SCHEMA = 7  # the migration that made the hub's tables
-
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub = sub.add_parser("hub", help="the hub role: what each site sent (docs/hub.md)")
@@ -34,19 +32,12 @@ def site_status(config: cfg.Config, now: float | None = None) -> list[records.Si
     path = config.state_dir / DATABASE
     at = time.time() if now is None else now
     if not path.exists():
-        return [_never(name) for name in sites]
+        return [records.never(name) for name in sites]
     conn = connect(path, readonly=True)
     try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version < HUB_SCHEMA:
-            return [_never(name) for name in sites]
-        return records.status(conn, sites, at)
+        return records.status_of_configured(conn, sites, at)
     finally:
         conn.close()
-
-
-def _never(name: str) -> records.SiteStatus:
-    return records.SiteStatus(name, None, "", 0, 0, 0, 0, 0, 0, [])
 
 
 def cmd_hub(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from edge.hub.store import Checked
 
 SERIES_SHOWN = 50  # per site, the series with the latest instances
+HUB_SCHEMA = 7  # the state database's migration that made the hub's tables
 
 
 def known_sha256(conn: sqlite3.Connection, site: str, sop_instance_uid: str) -> str | None:
@@ -147,6 +148,20 @@ def status(conn: sqlite3.Connection, sites: list[str], now: float) -> list[SiteS
     return out
 
 
+def status_of_configured(
+    conn: sqlite3.Connection, sites: list[str], now: float
+) -> list[SiteStatus]:
+    """`status`, or every site as never contacted when the database predates the hub."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version < HUB_SCHEMA:
+        return [never(name) for name in sites]
+    return status(conn, sites, now)
+
+
+def never(name: str) -> SiteStatus:
+    return SiteStatus(name, None, "", 0, 0, 0, 0, 0, 0, [])
+
+
 def _when(at: float | None) -> str:
     if at is None:
         return "never"
@@ -154,11 +169,12 @@ def _when(at: float | None) -> str:
 
 
 def _size(n: int) -> str:
+    number = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1000  # type: ignore[assignment]
-    return f"{n} B"  # pragma: no cover
+        if number < 1000:
+            return f"{number:.0f} {unit}" if unit == "B" else f"{number:.1f} {unit}"
+        number /= 1000
+    return f"{number:.1f} TB"
 
 
 def render(statuses: list[SiteStatus]) -> str:
