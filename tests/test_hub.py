@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ from edge.forward.stowrs import StowRsDestination
 from edge.hub.multipart import MultipartError, PartData, PartEnd, PartStart, Splitter
 from edge.hub.server import HubHandle, serve
 from edge.outbox.header import read_header
+from edge.outbox.schema import DATABASE
+from edge.sync.plan import prepare_for
 from edge.web import serve as serve_web
 from tests.helpers import run_edge
 from tests.orthanc import Orthanc, free_port, orthanc
@@ -101,11 +104,11 @@ def _rig(root: Path, extra: str = "") -> Iterator[Rig]:
     path = root / "hub.toml"
     path.write_text(hub_toml(root, tokens, f'status_token_file = "{status}"\n{extra}'))
     config = cfg.load(path)
-    handle = serve(config)
+    rig = Rig(root, path, config, serve(config), {**tokens, "status": status})
     try:
-        yield Rig(root, path, config, handle, {**tokens, "status": status})
+        yield rig
     finally:
-        handle.stop()
+        rig.handle.stop()
 
 
 def site_toml(root: Path, url: str, token: Path, extra: str = "") -> Path:
@@ -396,12 +399,56 @@ def test_requests_over_max_request_bytes_are_413(slide: Path, tmp_path: Path) ->
 
 
 def test_concatenation_parts_pass_through_unchanged(hub: Rig, slide: Path, tmp_path: Path) -> None:
-    pieces = dicom_parts.split(slide / "level-00.dcm", tmp_path / "parts", 120_000)
-    assert len(pieces) >= 3
+    """A site capping instances at 1 MiB (prepare_for, as the daemon does) sends level 0 as
+    concatenation parts; the hub stores them as they are, and its folder of the series opens
+    as the same slide."""
+    wsidicom = pytest.importorskip("wsidicom")
+    np = pytest.importorskip("numpy")
+    capped = cfg.Destination(
+        name="hub", kind="stowrs", url=hub.handle.url, max_instance_bytes=1 << 20
+    )
+    files = sorted(slide.glob("*.dcm"))
+    sent = prepare_for(capped, files, tmp_path / "parts")
+    assert slide / "level-00.dcm" not in sent and len(sent) > len(files)
     site = site_toml(tmp_path / "s", hub.handle.url, hub.tokens["site-b"])
-    code, result = send(site, *pieces)
-    assert code == 0 and result["delivered"] == len(pieces), result
-    assert sorted(sha(p) for p in hub.stored("site-b")) == sorted(sha(p) for p in pieces)
+    code, result = send(site, *sent)
+    assert code == 0 and result["delivered"] == len(sent), result
+    stored = hub.stored("site-b")
+    assert sorted(sha(p) for p in stored) == sorted(sha(p) for p in sent)
+    (folder,) = {p.parent for p in stored}
+    with wsidicom.WsiDicom.open(slide) as a, wsidicom.WsiDicom.open(folder) as b:
+        assert b.size == a.size and len(b.levels) == len(a.levels)
+        whole_a = np.asarray(a.read_region((0, 0), 0, a.size.to_tuple()))
+        whole_b = np.asarray(b.read_region((0, 0), 0, b.size.to_tuple()))
+    assert whole_a.std() > 5 and np.array_equal(whole_a, whole_b)
+
+
+def test_a_record_lost_in_a_crash_is_made_good_by_the_resend(
+    hub: Rig, slide: Path, tmp_path: Path
+) -> None:
+    """Stored but not recorded (a crash between the two): the same bytes sent again are
+    recorded, not stored twice; a temp file left by a stop is removed at the next start."""
+    label = slide / "label.dcm"
+    client = StowRsDestination("hub", hub.handle.url, token_file=hub.tokens["site-a"])
+    try:
+        assert client.send([item(label)])[0].verdict is Verdict.DELIVERED
+        conn = sqlite3.connect(hub.config.state_dir / DATABASE)
+        with conn:
+            conn.execute("DELETE FROM hub_instances")
+        conn.close()
+        assert status_json(hub)["site-a"]["instances_total"] == 0
+        (stored,) = hub.stored("site-a")
+        stamp = stored.stat().st_mtime_ns
+        assert client.send([item(label)])[0].verdict is Verdict.DELIVERED
+    finally:
+        client.close()
+    assert status_json(hub)["site-a"]["instances_total"] == 1
+    assert hub.stored("site-a") == [stored] and stored.stat().st_mtime_ns == stamp
+    hub.handle.stop()
+    left = hub.store / ".incoming" / "site-a-crashed.part"
+    left.write_bytes(b"half a slide")
+    hub.handle = serve(hub.config)  # stopped again by the fixture
+    assert not left.exists()
 
 
 def test_tls_with_a_self_signed_certificate(slide: Path, tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class HubService:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
         self._local = threading.local()
         self._opened: list[Outbox | sqlite3.Connection] = []
+        self._closed = False
 
     # ---- life cycle ----
 
@@ -87,6 +88,10 @@ class HubService:
         self.call(self._conn)  # opens (and migrates) the database now
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         def close_all() -> None:
             for opened in self._opened:
                 opened.close()
