@@ -616,6 +616,14 @@ def _hub(table: dict[str, Any], where: str, dests: list[Destination]) -> Hub:
         raise ConfigError(f"{where}: max_request_bytes must be at least 1 MiB (1048576)")
     if values["forward"] and not dests:
         raise ConfigError(f"{where}: forward = true needs at least one [[destination]]")
+    deidentifying = [d.name for d in dests if d.deidentify]
+    if values["forward"] and deidentifying:
+        # The hub forwards what sites sent as it is: identified data must not reach a
+        # destination that was set up to receive de-identified copies only.
+        raise ConfigError(
+            f"{where}: forward = true sends instances as received, but {deidentifying} "
+            "de-identify; a hub cannot forward to them (remove deidentify, or forward = false)"
+        )
     if not isinstance(sites_table, list):
         raise ConfigError(f'{where}: sites go in [[hub.site]] tables (name = "...", token_file)')
     sites: list[HubSite] = []

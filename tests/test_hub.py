@@ -487,6 +487,7 @@ def test_tls_with_a_self_signed_certificate(slide: Path, tmp_path: Path) -> None
         ("same", r"holds the same token as"),
         ("nosite", r"listen is set but no \[\[hub.site\]\] may send"),
         ("forward", r"forward = true needs at least one \[\[destination\]\]"),
+        ("deid", r"forward = true sends instances as received, but \['cloud'\] de-identify"),
         ("unknown", r"unknown setting\(s\) \['port'\]"),
         ("name", r"name '\.\./x' must be letters"),
         ("listen", r"listen must be ADDRESS:PORT"),
@@ -499,6 +500,7 @@ def test_config_mistakes_are_explained(tmp_path: Path, change: str, message: str
         "site": [{"name": "a", "token_file": str(a)}, {"name": "b", "token_file": str(b)}],
     }
     sites: list[dict[str, str]] = hub["site"]  # type: ignore[assignment]
+    extra: dict[str, object] = {}
     if change == "mode":
         a.chmod(0o644)
     elif change == "missing":
@@ -511,6 +513,18 @@ def test_config_mistakes_are_explained(tmp_path: Path, change: str, message: str
         hub["site"] = []
     elif change == "forward":
         hub["forward"] = True
+    elif change == "deid":
+        hub["forward"] = True
+        secret = tmp_path / "secret"
+        secret.write_bytes(secrets.token_bytes(32))
+        secret.chmod(0o600)
+        extra = {
+            "privacy": {"secret_file": str(secret)},
+            "destination": [
+                {"name": "pacs", "kind": "folder", "path": str(tmp_path)},
+                {"name": "cloud", "kind": "folder", "path": str(tmp_path), "deidentify": "basic"},
+            ],
+        }
     elif change == "unknown":
         hub["port"] = 8042
     elif change == "name":
@@ -518,7 +532,7 @@ def test_config_mistakes_are_explained(tmp_path: Path, change: str, message: str
     elif change == "listen":
         hub["listen"] = "8042"
     with pytest.raises(cfg.ConfigError, match=message):
-        cfg.parse({"hub": hub}, "edge.toml")
+        cfg.parse({"hub": hub, **extra}, "edge.toml")
 
 
 def test_config_check_and_role_hub_need_listen(tmp_path: Path) -> None:
