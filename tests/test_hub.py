@@ -99,6 +99,7 @@ def hub(tmp_path: Path) -> Iterator[Rig]:
 
 @contextmanager
 def _rig(root: Path, extra: str = "") -> Iterator[Rig]:
+    root.mkdir(parents=True, exist_ok=True)
     tokens = {name: token_file(root / f"{name}.token") for name in ("site-a", "site-b")}
     status = token_file(root / "status.token")
     path = root / "hub.toml"
@@ -533,6 +534,26 @@ def test_config_mistakes_are_explained(tmp_path: Path, change: str, message: str
         hub["listen"] = "8042"
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.parse({"hub": hub, **extra}, "edge.toml")
+
+
+def test_status_before_anything_arrived(tmp_path: Path) -> None:
+    a = token_file(tmp_path / "a.token")
+    path = tmp_path / "hub.toml"
+    path.write_text(hub_toml(tmp_path, {"site-a": a}))
+    proc = run_edge("hub", "status", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.strip()
+        == "site-a: last contact never, 0 instance(s) today (0 B), 0 in total (0 B)"
+    )
+    with _rig(tmp_path / "rig") as rig:  # no status_token_file: the page does not exist
+        plain = replace(rig.config, hub=replace(rig.config.hub, status_token_file=""))
+        handle = serve(plain, listen="127.0.0.1:0")
+        try:
+            url = handle.url.replace("/dicom-web", "/hub/status")
+            assert httpx.get(url, headers=bearer(rig.tokens["status"])).status_code == 404
+        finally:
+            handle.stop()
 
 
 def test_config_check_and_role_hub_need_listen(tmp_path: Path) -> None:
