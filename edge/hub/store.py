@@ -68,7 +68,8 @@ def check(path: Path, study: str | None = None) -> Checked:
     if len(head) < 132 or head[128:132] != b"DICM":
         raise PartProblem(CANNOT_UNDERSTAND, "not a DICOM Part 10 file (no DICM preamble)")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        # defer_size: a huge element before the pixels (a site's private blob) stays on disk.
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size="1 MB")
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError) as exc:
         raise PartProblem(CANNOT_UNDERSTAND, f"unreadable DICOM header: {exc}") from exc
     except Exception as exc:  # pydicom raises many kinds on damaged headers
