@@ -245,6 +245,9 @@ def create_app(service: HubService) -> Starlette:
             for part in parts:
                 part.temp.unlink(missing_ok=True)
         code, body = store_response(results)
+        for r in results:
+            if r.failure is not None:  # the reason names no patient data: codes and UIDs only
+                LOGGER.warning("hub: %s: instance refused (0x%04X): %s", site, r.failure, r.reason)
         stored = sum(1 for r in results if r.failure is None)
         new = sum(1 for r in results if r.new)
         LOGGER.info(
