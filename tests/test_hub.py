@@ -422,6 +422,19 @@ def test_concatenation_parts_pass_through_unchanged(hub: Rig, slide: Path, tmp_p
         whole_a = np.asarray(a.read_region((0, 0), 0, a.size.to_tuple()))
         whole_b = np.asarray(b.read_region((0, 0), 0, b.size.to_tuple()))
     assert whole_a.std() > 5 and np.array_equal(whole_a, whole_b)
+    openslide = pytest.importorskip("openslide")
+    source = openslide.OpenSlide(slide / "level-00.dcm")
+    copy = openslide.OpenSlide(stored[0])  # any file of the series: it finds the rest
+    try:
+        assert copy.level_dimensions == source.level_dimensions
+        size = source.level_dimensions[0]
+        assert np.array_equal(
+            np.asarray(source.read_region((0, 0), 0, size)),
+            np.asarray(copy.read_region((0, 0), 0, size)),
+        )
+    finally:
+        source.close()
+        copy.close()
 
 
 def test_a_record_lost_in_a_crash_is_made_good_by_the_resend(
