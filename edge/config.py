@@ -636,10 +636,12 @@ def _hub(table: dict[str, Any], where: str, dests: list[Destination]) -> Hub:
             raise ConfigError(f"{here}: unknown setting(s) {extra}; expected name, token_file")
         name = _typed(here, site, "name", str, "")
         token_file = _typed(here, site, "token_file", str, "")
-        # The name becomes a folder: letters, digits, '-', '_' and '.' only, not a dot name.
-        if not name or name.strip("._-") == "" or not all(c.isalnum() or c in "._-" for c in name):
+        # The name becomes a folder: letters, digits, '-', '_' and '.' only, not starting with
+        # '.' (the hub keeps its unfinished uploads in <store_dir>/.incoming).
+        if not name or name[0] == "." or not all(c.isalnum() or c in "._-" for c in name):
             raise ConfigError(
-                f"{here}: name {name!r} must be letters, digits, '.', '-' or '_' (a folder name)"
+                f"{here}: name {name!r} must be letters, digits, '.', '-' or '_', not starting "
+                "with '.' (a folder name)"
             )
         if name in (s.name for s in sites):
             raise ConfigError(f"{here}: the site {name!r} is listed twice")

@@ -531,6 +531,7 @@ def test_through_a_dropping_link_each_instance_arrives_once(
         ("deid", r"forward = true sends instances as received, but \['cloud'\] de-identify"),
         ("unknown", r"unknown setting\(s\) \['port'\]"),
         ("name", r"name '\.\./x' must be letters"),
+        ("dotname", r"name '\.incoming' must be letters.*not starting with '\.'"),
         ("listen", r"listen must be ADDRESS:PORT"),
     ],
 )
@@ -570,6 +571,8 @@ def test_config_mistakes_are_explained(tmp_path: Path, change: str, message: str
         hub["port"] = 8042
     elif change == "name":
         sites[0]["name"] = "../x"
+    elif change == "dotname":
+        sites[0]["name"] = ".incoming"
     elif change == "listen":
         hub["listen"] = "8042"
     with pytest.raises(cfg.ConfigError, match=message):
