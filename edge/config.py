@@ -167,6 +167,28 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class HubSite:
+    """One appliance allowed to send to this hub (`[[hub.site]]`)."""
+
+    name: str  # the site's name: its folder under store_dir and its line in the status
+    token_file: str  # file holding the site's bearer token (mode 600; never logged)
+
+
+@dataclass(frozen=True)
+class Hub:
+    """The hub role: STOW-RS in from site appliances (`[hub]`, docs/hub.md)."""
+
+    listen: str = ""  # ADDRESS:PORT to receive STOW-RS on, e.g. "0.0.0.0:8042" ("": no hub)
+    tls_cert_file: str = ""  # serve HTTPS with this certificate (PEM); empty: plain HTTP
+    tls_key_file: str = ""  # its private key (PEM, readable only by edge)
+    store_dir: str = ""  # where received instances are kept (default: <state_dir>/hub)
+    forward: bool = False  # queue every received instance for all [[destination]]s
+    max_request_bytes: int = 1 << 31  # refuse a STOW-RS request larger than this (HTTP 413)
+    status_token_file: str = ""  # bearer token for GET /hub/status (mode 600; "": no such page)
+    site: tuple[HubSite, ...] = ()  # `[[hub.site]]` tables: name = "site-a", token_file = FILE
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: Path = Path("/var/lib/edge")  # [storage] state_dir: state database, work files
     batch_size: int = 20  # [forward] batch_size: instances per association / request
@@ -182,6 +204,11 @@ class Config:
     worklist: Worklist = field(default_factory=Worklist)  # [worklist]
     audit: Audit = field(default_factory=Audit)  # [audit]
     privacy: Privacy = field(default_factory=Privacy)  # [privacy]
+    hub: Hub = field(default_factory=Hub)  # [hub]
+
+    @property
+    def hub_store_dir(self) -> Path:
+        return Path(self.hub.store_dir) if self.hub.store_dir else self.state_dir / "hub"
 
     @property
     def slides_dir(self) -> Path:
@@ -257,6 +284,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         "worklist",
         "audit",
         "privacy",
+        "hub",
     }
     unknown = sorted(set(data) - known)
     if unknown:
@@ -347,6 +375,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
         worklist=_worklist(data.get("worklist", {}), f"{source}: [worklist]"),
         audit=_audit(data.get("audit", {}), f"{source}: [audit]"),
         privacy=_privacy(data.get("privacy", {}), f"{source}: [privacy]", dests),
+        hub=_hub(data.get("hub", {}), f"{source}: [hub]", dests),
         state_dir=Path(_typed(storage_where, storage, "state_dir", str, "/var/lib/edge")),
         batch_size=_typed(f"{source}: [forward]", forward, "batch_size", int, 20),
         retry_base_s=_typed(f"{source}: [forward]", forward, "retry_base_s", float, 5.0),
@@ -565,3 +594,74 @@ def _privacy(table: dict[str, Any], where: str, dests: list[Destination]) -> Pri
                 "are needed (head -c 32 /dev/urandom > FILE)"
             )
     return Privacy(secret_file=secret_file)
+
+
+def _hub(table: dict[str, Any], where: str, dests: list[Destination]) -> Hub:
+    """[hub] and its [[hub.site]] tables; every token file is read once here so a missing,
+    empty or group-readable token is a mistake at start, not a refused site at night."""
+    from edge.secrets import SecretError, read_secret
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table of settings, found {table!r}")
+    sites_table = table.get("site", [])
+    values = _section(Hub, {k: v for k, v in table.items() if k != "site"}, where)
+    values.pop("site")
+    if values["listen"]:
+        host, _, port = values["listen"].rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"{where}: listen must be ADDRESS:PORT, found {values['listen']!r}")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError(f"{where}: tls_cert_file and tls_key_file go together")
+    if values["max_request_bytes"] < 1 << 20:
+        raise ConfigError(f"{where}: max_request_bytes must be at least 1 MiB (1048576)")
+    if values["forward"] and not dests:
+        raise ConfigError(f"{where}: forward = true needs at least one [[destination]]")
+    deidentifying = [d.name for d in dests if d.deidentify]
+    if values["forward"] and deidentifying:
+        # The hub forwards what sites sent as it is: identified data must not reach a
+        # destination that was set up to receive de-identified copies only.
+        raise ConfigError(
+            f"{where}: forward = true sends instances as received, but {deidentifying} "
+            "de-identify; a hub cannot forward to them (remove deidentify, or forward = false)"
+        )
+    if not isinstance(sites_table, list):
+        raise ConfigError(f'{where}: sites go in [[hub.site]] tables (name = "...", token_file)')
+    sites: list[HubSite] = []
+    for i, site in enumerate(sites_table):
+        here = f"{where} [[hub.site]] #{i + 1}"
+        if not isinstance(site, dict):
+            raise ConfigError(f"{here}: must be a table, found {site!r}")
+        extra = sorted(set(site) - set(HubSite.__dataclass_fields__))
+        if extra:
+            raise ConfigError(f"{here}: unknown setting(s) {extra}; expected name, token_file")
+        name = _typed(here, site, "name", str, "")
+        token_file = _typed(here, site, "token_file", str, "")
+        # The name becomes a folder: letters, digits, '-', '_' and '.' only, not starting with
+        # '.' (the hub keeps its unfinished uploads in <store_dir>/.incoming).
+        if not name or name[0] == "." or not all(c.isalnum() or c in "._-" for c in name):
+            raise ConfigError(
+                f"{here}: name {name!r} must be letters, digits, '.', '-' or '_', not starting "
+                "with '.' (a folder name)"
+            )
+        if name in (s.name for s in sites):
+            raise ConfigError(f"{here}: the site {name!r} is listed twice")
+        if not token_file:
+            raise ConfigError(f"{here} ({name}): token_file is required")
+        sites.append(HubSite(name=name, token_file=token_file))
+    if values["listen"] and not sites:
+        raise ConfigError(f"{where}: listen is set but no [[hub.site]] may send")
+    tokens: dict[bytes, str] = {}
+    named = [(f"{where} [[hub.site]] {s.name}: token_file", s.token_file) for s in sites]
+    if values["status_token_file"]:
+        named.append((f"{where} status_token_file", values["status_token_file"]))
+    for what, path in named:
+        try:
+            token = read_secret(Path(path), what)
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from exc
+        if len(token) < 16:
+            raise ConfigError(f"{what}: {path} holds {len(token)} bytes; at least 16 are needed")
+        if token in tokens:
+            raise ConfigError(f"{what}: {path} holds the same token as {tokens[token]}")
+        tokens[token] = what
+    return Hub(**values, site=tuple(sites))

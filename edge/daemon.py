@@ -122,6 +122,7 @@ class Daemon:
         self.web_running = False  # set by the dashboard when it serves
         self._announced: Announced | None = None
         self._web: Any = None
+        self._hub: Any = None  # edge.hub.server.HubHandle when [hub] listen is set
         self._secret: bytes | None = None
 
     # ---- life cycle ----
@@ -182,6 +183,8 @@ class Daemon:
                 self._announced.close()
             if self._web is not None:
                 self._web.stop()
+            if self._hub is not None:
+                self._hub.stop()
             for thread in self._threads:
                 thread.join(timeout=60)
         LOGGER.info("edge stopped")
@@ -292,6 +295,10 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
 
     def _start_threads(self) -> None:
+        if self.config.hub.listen:  # the hub role (docs/hub.md): its own port and threads
+            from edge.hub.server import serve as serve_hub
+
+            self._hub = serve_hub(self.config)
         self._spawn("ingest", self._ingest)
         self._spawn("inotify", self._notice_changes)
         for n in range(self.config.pipeline.slides_in_flight):

@@ -13,6 +13,7 @@ from typing import Any
 
 from edge import config as cfg
 from edge.errors import EdgeError
+from edge.hub import cli as hub_cli
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 EXIT_RUN_CONFIG = 78  # sysexits EX_CONFIG: systemd's unit does not restart on it
@@ -37,6 +38,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     run.add_argument("--timeout", type=float, help="with --once: give up after this many seconds")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.add_argument(
+        "--role",
+        choices=("site", "hub"),
+        default="site",
+        help="hub: also receive STOW-RS from site appliances; needs [hub] listen and "
+        "[[hub.site]] (docs/hub.md). A site with [hub] listen set runs the hub too.",
+    )
 
     conf = sub.add_parser("config", help="check or show the configuration")
     conf_actions = conf.add_subparsers(dest="action", required=True)
@@ -62,6 +70,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     audit.add_argument("--job", type=int, help="only this job's records")
     audit.add_argument("--limit", type=int, default=200)
     audit.add_argument("--json", action="store_true")
+
+    hub_cli.add_parsers(sub)
 
     house = sub.add_parser(
         "housekeeping", help="remove delivered files past retention (the timer runs it)"
@@ -116,6 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, origin = load_config(args)
     except EdgeError as exc:
         print(f"edge run: {exc}", file=sys.stderr)
+        return EXIT_RUN_CONFIG
+    if getattr(args, "role", "site") == "hub" and not config.hub.listen:
+        print(
+            f"edge run --role hub: {origin}: [hub] listen is not set (e.g. "
+            '"0.0.0.0:8042"), with at least one [[hub.site]]; see docs/hub.md',
+            file=sys.stderr,
+        )
         return EXIT_RUN_CONFIG
     _logging(args.verbose)
     logging.getLogger(__name__).info("configuration: %s", origin)
@@ -280,4 +297,5 @@ COMMANDS = {
     "config": cmd_config,
     "jobs": cmd_jobs,
     "housekeeping": cmd_housekeeping,
+    **hub_cli.COMMANDS,
 }

@@ -139,6 +139,31 @@ MIGRATIONS: tuple[str, ...] = (
         paused_at REAL NOT NULL
     );
     """,
+    # 7: the hub role (edge/hub): every instance a site sent, and each site's last contact.
+    """
+    CREATE TABLE hub_instances (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        study_uid TEXT NOT NULL,
+        series_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        UNIQUE (site, sop_instance_uid)
+    );
+    CREATE INDEX hub_instances_received ON hub_instances(site, received_at);
+    CREATE INDEX hub_instances_series ON hub_instances(site, series_uid);
+    CREATE TABLE hub_sites (
+        site TEXT PRIMARY KEY,
+        last_contact_at REAL NOT NULL,
+        last_address TEXT NOT NULL DEFAULT '',
+        last_status INTEGER NOT NULL DEFAULT 0,
+        requests INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from edge.hub import records
 from edge.web import data, status
 from edge.web.common import PAGE, JobId, Text, check_choice, paused, render
 from edge.web.security import Caller, viewer
@@ -103,8 +105,11 @@ def slide(request: Request, job_id: JobId, who: Annotated[Caller, Depends(viewer
 
 @router.get("/destinations")
 def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> Response:
-    with data.reader(request.app.state.config) as conn:
-        found = status.destinations(conn, request.app.state.config)
+    config = request.app.state.config
+    with data.reader(config) as conn:
+        found = status.destinations(conn, config)
+        names = [s.name for s in config.hub.site]
+        sites = records.status_of_configured(conn, names, time.time()) if names else []
     discovery = getattr(request.app.state, "discovery", None)
     return render(
         request,
@@ -113,6 +118,7 @@ def destinations(request: Request, who: Annotated[Caller, Depends(viewer)]) -> R
         destinations=found,
         discovery=discovery,
         peers=discovery.peers if discovery is not None else [],
+        sites=sites,
     )
 
 
