@@ -28,6 +28,7 @@ from edge.analysis.run import AnalysisResult
 from edge.fileio import write_atomic
 
 CLASSES = ("tissue", *qc.QC_CLASSES)
+STRIP_ROWS = 512  # heatmap rows converted at a time (a 16 MP map in float would be 64 MB)
 
 
 def report_dict(result: AnalysisResult, slide: str) -> dict[str, Any]:
@@ -87,7 +88,10 @@ def write_outputs(result: AnalysisResult, outdir: Path, slide: str) -> dict[str,
 
         def heatmap(kind: str) -> None:
             prob = result.maps[kind]
-            grey = (np.clip(prob, 0, 1) * 255 + 0.5).astype(np.uint8)
+            grey = np.empty(prob.shape, np.uint8)
+            for y in range(0, prob.shape[0], STRIP_ROWS):  # float temporaries of a strip only
+                part = np.clip(prob[y : y + STRIP_ROWS], 0, 1).astype(np.float32)
+                grey[y : y + STRIP_ROWS] = part * 255 + 0.5
             write_atomic(heat / f"{kind}.png", bytes(imagecodecs.png_encode(grey, level=1)))
 
         # The encoders release the GIL: one thread per core.

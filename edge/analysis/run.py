@@ -31,6 +31,7 @@ from edge.analysis.sampler import (
     AnalysisSampler,
     FocusCrop,
     FocusGrid,
+    FocusScores,
     Geometry,
     low_mosaic,
     tissue_like,
@@ -75,7 +76,7 @@ class AnalysisResult:
     tiles: dict[str, int] = field(default_factory=dict)  # level-0 tiles decoded / skipped
     crops_scored: int = 0
     site_scores: dict[str, float] = field(default_factory=dict)
-    focus_scores: list[tuple[FocusCrop, float]] = field(default_factory=list)
+    focus_scores: FocusScores = field(default_factory=FocusScores.empty)
     mosaic: npt.NDArray[np.uint8] | None = None
 
 
@@ -205,8 +206,9 @@ class Analyser:
             "tissue": (1.0 - art[idx["background"]]).astype(np.float16)
         }
         maps["blur"] = np.where(self._focus.scored(), self._focus.probability(), 0).astype(
-            np.float32
+            np.float16
         )
+        self._focus.release()
         for kind in ("pen", "fold", "bubble", "debris", "edge"):
             maps[kind] = art[idx[kind]]
         thresholds = self.options.thresholds

@@ -20,11 +20,12 @@ batch of focus crops; never a full level.
 
 from __future__ import annotations
 
+import array
 import io
 import math
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -137,7 +138,9 @@ def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
 def tissue_like(rgb: npt.NDArray[np.uint8], spread: int = TISSUE_SPREAD) -> npt.NDArray[np.bool_]:
     """Cheap per-pixel tissue guess (stained or dark), for gating and fallbacks."""
     chroma = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
-    found: npt.NDArray[np.bool_] = (chroma > spread) | (rgb.mean(axis=2) < TISSUE_DARK)
+    # The sum, not the mean: no float64 copy of a whole mosaic (78 MB at 9.8 MP).
+    dark = rgb.sum(axis=2, dtype=np.uint16) < 3 * TISSUE_DARK
+    found: npt.NDArray[np.bool_] = (chroma > spread) | dark
     return found
 
 
@@ -270,6 +273,29 @@ def _cuts(origin: int, length: int, step: int) -> list[int]:
     return sorted(set(cuts))
 
 
+@dataclass(frozen=True)
+class FocusScores:
+    """Every scored focus crop, compactly (a 100k slide scores hundreds of thousands: a list
+    of objects would cost ~300 bytes each). Iterates as (FocusCrop, probability) pairs."""
+
+    x: npt.NDArray[np.int64]
+    y: npt.NDArray[np.int64]
+    size: npt.NDArray[np.int64]
+    probability: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+    def __iter__(self) -> Iterator[tuple[FocusCrop, float]]:
+        for x, y, size, p in zip(self.x, self.y, self.size, self.probability, strict=True):
+            yield FocusCrop(int(x), int(y), int(size)), float(p)
+
+    @classmethod
+    def empty(cls) -> FocusScores:
+        none = np.zeros(0, np.int64)
+        return cls(none, none, none, np.zeros(0, np.float32))
+
+
 class FocusGrid:
     """Focus probabilities per crop, spread onto the mosaic grid (mean where crops overlap)."""
 
@@ -278,7 +304,8 @@ class FocusGrid:
         h, w = geometry.mosaic_shape
         self._sum = np.zeros((h, w), np.float32)
         self._count = np.zeros((h, w), np.uint16)
-        self.scores: list[tuple[FocusCrop, float]] = []
+        self._crops = array.array("q")  # x, y, size per crop
+        self._probabilities = array.array("f")
 
     def add(self, crop: FocusCrop, probability: float) -> None:
         d = self.geometry.mosaic_downsample
@@ -286,7 +313,14 @@ class FocusGrid:
         y1, x1 = max(y0 + 1, (crop.y + crop.size) // d), max(x0 + 1, (crop.x + crop.size) // d)
         self._sum[y0:y1, x0:x1] += probability
         self._count[y0:y1, x0:x1] += 1
-        self.scores.append((crop, probability))
+        self._crops.extend((crop.x, crop.y, crop.size))
+        self._probabilities.append(probability)
+
+    @property
+    def scores(self) -> FocusScores:
+        crops = np.frombuffer(self._crops, np.int64).reshape(-1, 3)
+        probabilities = np.frombuffer(self._probabilities, np.float32)
+        return FocusScores(crops[:, 0], crops[:, 1], crops[:, 2], probabilities)
 
     def probability(self) -> npt.NDArray[np.float32]:
         """Mean probability of blur per mosaic pixel; 0 where no crop was scored."""
@@ -295,6 +329,11 @@ class FocusGrid:
 
     def scored(self) -> npt.NDArray[np.bool_]:
         return self._count > 0
+
+    def release(self) -> None:
+        """Free the grid once its map is taken (the scores stay)."""
+        self._sum = np.zeros((0, 0), np.float32)
+        self._count = np.zeros((0, 0), np.uint16)
 
 
 class AnalysisSampler:

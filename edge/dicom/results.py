@@ -151,7 +151,7 @@ def write_qc_objects(
         LOGGER.debug("QC segmentation on %s written: %s", source.path.name, seg_path)
     else:
         seg_path.unlink(missing_ok=True)  # an older run's SEG would contradict this SR
-    focus = focus_statistics([p for _, p in result.focus_scores])
+    focus = focus_statistics(result.focus_scores.probability.tolist())
     sr = build_sr(
         report,
         focus,
