@@ -13,7 +13,15 @@ SigV4. On 401/403 the credentials are refreshed (file re-read, new token) and th
 repeated once; a second refusal is PARK for credentials we hold (basic, google, aws-sigv4) and
 RETRY for a bearer token file. Credentials are never logged nor put in a reason.
 
-Bandwidth: with a `TokenBucket` the body is let out at most at its rate (64 KiB pieces).
+Bandwidth: with a `TokenBucket` the body is let out at most at its rate (64 KiB pieces); the
+bucket is shared by every request in flight (it has its own lock).
+
+Link awareness (`edge.forward.link`, `adaptive = true`): each request's outcome (bytes, seconds,
+answered / transport failure / refused by the peer) feeds a `LinkEstimator`. A batch is then
+cut into requests of at most `request_bytes()` (an instance larger than that goes alone;
+`max_request_bytes` stays the ceiling and the PARK limit), sent in waves of `parallel()`
+concurrent requests (threads sharing the httpx Client), re-planned after each wave. The
+per-instance outcomes are classified exactly as without it.
 """
 
 from __future__ import annotations
@@ -22,15 +30,20 @@ import hashlib
 import json
 import logging
 import ssl
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from edge.forward import link as linkmod
 from edge.forward.auth import AuthError, Basic, BearerFile, RequestAuth
+from edge.forward.link import Ending, LinkEstimator, Observation
 from edge.forward.protocol import Item, Outcome, Verdict
 from edge.forward.status import FollowUp, classify_dimse, classify_http
 from edge.forward.throttle import TokenBucket, throttled
@@ -43,6 +56,8 @@ EXCERPT = 200  # characters of a response body kept in a reason
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
+PARALLEL_LIMIT = 4  # requests in flight at most (adaptive): a PACS is not a CDN
+REQUEST_FLOOR = 1 << 20  # adaptive requests are never cut below this (the config's minimum)
 
 
 @dataclass(frozen=True)
@@ -101,10 +116,12 @@ def closing_overhead(boundary: str) -> int:
 
 
 def plan_requests(
-    parts: list[_Part], boundary: str, max_request_bytes: int
+    parts: list[_Part], boundary: str, max_request_bytes: int, target: int | None = None
 ) -> tuple[list[list[_Part]], list[_Part]]:
-    """Split parts, in order, into request bodies of at most max_request_bytes; also return the
-    parts too large for any request on their own. Pure."""
+    """Split parts, in order, into request bodies of at most `target` bytes (default:
+    max_request_bytes); a part larger than the target goes alone. Also return the parts too
+    large for any request (over max_request_bytes) on their own. Pure."""
+    limit = max_request_bytes if target is None else min(target, max_request_bytes)
     groups: list[list[_Part]] = []
     too_large: list[_Part] = []
     current: list[_Part] = []
@@ -114,7 +131,7 @@ def plan_requests(
         if closing_overhead(boundary) + need > max_request_bytes:
             too_large.append(part)
             continue
-        if current and size + need > max_request_bytes:
+        if current and size + need > limit:
             groups.append(current)
             current, size = [], closing_overhead(boundary)
         current.append(part)
@@ -138,7 +155,12 @@ class StowRsDestination:
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
         bucket: TokenBucket | None = None,
+        link: LinkEstimator | None = None,
+        link_state: Path | None = None,
+        parallel_limit: int = PARALLEL_LIMIT,
     ) -> None:
+        """`link`: adapt request size and concurrency to it (None: fixed max_request_bytes,
+        one request at a time); `link_state`: a JSON file it is saved to after each batch."""
         if sum(x is not None for x in (auth, token_file, basic)) > 1:
             raise ValueError("StowRsDestination: give one of auth, token_file or basic")
         if token_file is not None:
@@ -162,6 +184,12 @@ class StowRsDestination:
             follow_redirects=False,
         )
         self.requests = 0  # POSTs made (for tests and diagnostics)
+        self.link = link
+        self.link_state = link_state
+        self.parallel_limit = max(1, parallel_limit)
+        self.most_in_flight = 0  # the largest wave sent (for tests and diagnostics)
+        self._lock = threading.Lock()
+        self._tally: _Tally | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -186,12 +214,74 @@ class StowRsDestination:
                 f" (max_request_bytes {self.max_request_bytes})"
             )
             outcomes.append(Outcome(part.item.id, Verdict.PARK, reason))
-        for group in groups:
-            outcomes.extend(self._send_group(group))
+        if self.link is None:
+            for group in groups:
+                outcomes.extend(self._send_group(group))
+            return outcomes
+        outcomes.extend(self._send_adaptive([p for g in groups for p in g], self.link))
         return outcomes
+
+    def request_bytes(self) -> int:
+        """The request size the link calls for now (max_request_bytes when not adaptive)."""
+        if self.link is None:
+            return self.max_request_bytes
+        return self.link.request_bytes(REQUEST_FLOOR, self.max_request_bytes, time.time())
 
     def close(self) -> None:
         self._client.close()
+
+    # ------------------------------------------------------------------ adaptive
+
+    def _send_adaptive(self, parts: list[_Part], link: LinkEstimator) -> list[Outcome]:
+        """Waves of up to parallel() requests of at most request_bytes(), planned again
+        before each wave so a drop shrinks the rest of the batch at once."""
+        outcomes: list[Outcome] = []
+        pending = parts
+        try:
+            while pending:
+                groups, _ = plan_requests(
+                    pending, self.boundary, self.max_request_bytes, self.request_bytes()
+                )
+                wave = groups[: link.parallel(self.parallel_limit)]
+                pending = pending[sum(len(g) for g in wave) :]
+                tally = _Tally()
+                self._tally = tally
+                started = time.monotonic()
+                if len(wave) == 1:
+                    outcomes.extend(self._send_group(wave[0]))
+                else:
+                    with ThreadPoolExecutor(len(wave), thread_name_prefix="stowrs") as pool:
+                        for found in pool.map(self._send_group, wave):
+                            outcomes.extend(found)
+                self._tally = None
+                self.most_in_flight = max(self.most_in_flight, len(wave))
+                level = link.end_round(
+                    tally.ok_bytes, time.monotonic() - started, tally.transport_failures
+                )
+                LOGGER.debug(
+                    "STOW-RS to %s: %d request(s), %d bytes answered, %d dropped; next %d",
+                    self.studies_url,
+                    len(wave),
+                    tally.ok_bytes,
+                    tally.transport_failures,
+                    level,
+                )
+        finally:
+            self._tally = None
+            if self.link_state is not None:
+                linkmod.save(link, self.link_state)
+        return outcomes
+
+    def _observe(self, size: int, started: float, ending: Ending, body_end: float | None) -> None:
+        if self.link is None:
+            return
+        ended = time.monotonic()
+        response_s = ended - body_end if body_end is not None and ending is Ending.OK else None
+        obs = Observation(size, ended - started, ending, time.time(), response_s)
+        self.link.observe(obs)
+        tally = self._tally
+        if tally is not None:
+            tally.add(obs)
 
     # ------------------------------------------------------------------ one request
 
@@ -271,10 +361,13 @@ class StowRsDestination:
             return self._missing(parts)
         except OSError as exc:
             return _all(parts, Verdict.RETRY, f"reading queued files failed: {exc}")
-        self.requests += 1
-        content = throttled(body, self.bucket) if self.bucket is not None else body
+        with self._lock:
+            self.requests += 1
+        content: Iterable[bytes] = throttled(body, self.bucket) if self.bucket is not None else body
+        clock = _BodyClock(content)
+        started = time.monotonic()
         try:
-            return self._client.post(self.studies_url, content=content, headers=headers)
+            response = self._client.post(self.studies_url, content=clock, headers=headers)
         except _FileChanged as exc:
             return self._file_changed(parts, exc)
         except httpx.HTTPError as exc:
@@ -289,11 +382,15 @@ class StowRsDestination:
             if _cause(exc, ssl.SSLCertVerificationError) is not None:
                 # An untrusted server certificate is not fixed by retrying: a person must.
                 return _all(parts, Verdict.PARK, f"TLS certificate refused: {reason}")
+            self._observe(len(body), started, Ending.TRANSPORT, None)
             return _all(parts, Verdict.RETRY, reason)
         except FileNotFoundError:
             return self._missing(parts)
         except OSError as exc:
             return _all(parts, Verdict.RETRY, f"reading queued files failed: {exc}")
+        ending = Ending.OK if response.status_code < 400 else Ending.PEER
+        self._observe(len(body), started, ending, clock.ended)
+        return response
 
     def _missing(self, parts: list[_Part]) -> list[Outcome]:
         """A file vanished while the body was streamed: PARK it, RETRY the others."""
@@ -363,6 +460,35 @@ class StowRsDestination:
                 Outcome(part.item.id, classified.verdict, f"HTTP {code}: {classified.reason}")
             )
         return outcomes
+
+
+class _Tally:
+    """One wave's answered bytes and transport failures (requests report from their threads)."""
+
+    def __init__(self) -> None:
+        self.ok_bytes = 0
+        self.transport_failures = 0
+        self._lock = threading.Lock()
+
+    def add(self, obs: Observation) -> None:
+        with self._lock:
+            if obs.ending is Ending.OK:
+                self.ok_bytes += obs.bytes
+            elif obs.ending is Ending.TRANSPORT:
+                self.transport_failures += 1
+
+
+class _BodyClock:
+    """The body's chunks, noting when the last one was handed over (the response wait is
+    measured from there)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+        self.ended: float | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        self.ended = time.monotonic()
 
 
 def _sha256(body: _Body) -> str:
