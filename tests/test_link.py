@@ -228,6 +228,7 @@ def test_adaptive_requests_deliver_what_fixed_ones_do(tmp_path: Path) -> None:
         try:
             want = _verdicts(fixed.send(items))
             got = _verdicts(adaptive.send(items))
+            first = adaptive.requests
             again = _verdicts(adaptive.send(items))  # already stored: still delivered
         finally:
             fixed.close()
@@ -237,7 +238,9 @@ def test_adaptive_requests_deliver_what_fixed_ones_do(tmp_path: Path) -> None:
         assert want[11] is Verdict.PARK and want[99] is Verdict.PARK
         assert fixed.requests == 2
         assert adaptive.most_in_flight == 3, "the first wave sends three requests at once"
-        assert adaptive.requests >= 2 + 4, "first wave cut to the 1 MiB floor"
+        # three requests of one instance each (two do not fit the 1 MiB floor), then the rest
+        # in requests the measured (fast, local) link allows
+        assert first >= 4
         assert sorted(hub.instances()) == sorted(fixed_hub.instances())
         assert hub.count() == 10
     saved = link.load(tmp_path / "state" / "b.json")

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +57,7 @@ FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 PARALLEL_LIMIT = 4  # requests in flight at most (adaptive): a PACS is not a CDN
+KEEPALIVE_S = 0.5  # adaptive: idle pooled connections are closed after this (see __init__)
 REQUEST_FLOOR = 1 << 20  # adaptive requests are never cut below this (the config's minimum)
 
 
@@ -182,6 +183,10 @@ class StowRsDestination:
             verify=verify,
             transport=transport,
             follow_redirects=False,
+            # With requests in flight in parallel, a pooled connection may idle while others
+            # finish; servers close idle ones after as little as 1 s (Orthanc), and a POST on
+            # a connection closed under it fails like a drop. Close ours first.
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S if link is not None else 5.0),
         )
         self.requests = 0  # POSTs made (for tests and diagnostics)
         self.link = link
@@ -233,39 +238,50 @@ class StowRsDestination:
     # ------------------------------------------------------------------ adaptive
 
     def _send_adaptive(self, parts: list[_Part], link: LinkEstimator) -> list[Outcome]:
-        """Waves of up to parallel() requests of at most request_bytes(), planned again
-        before each wave so a drop shrinks the rest of the batch at once."""
+        """Up to parallel() requests in flight, each of at most request_bytes(), the next one
+        planned (and started) as soon as one ends, so a drop shrinks the rest of the batch at
+        once and no connection idles behind a slower request. A round ends after as many
+        requests as were allowed in flight when it began, or at a transport failure."""
         outcomes: list[Outcome] = []
         pending = parts
+        running: set[Future[list[Outcome]]] = set()
+        self._tally = tally = _Tally()
+        round_start, round_size, round_done = (
+            time.monotonic(),
+            link.parallel(self.parallel_limit),
+            0,
+        )
         try:
-            while pending:
-                groups, _ = plan_requests(
-                    pending, self.boundary, self.max_request_bytes, self.request_bytes()
-                )
-                wave = groups[: link.parallel(self.parallel_limit)]
-                pending = pending[sum(len(g) for g in wave) :]
-                tally = _Tally()
-                self._tally = tally
-                started = time.monotonic()
-                if len(wave) == 1:
-                    outcomes.extend(self._send_group(wave[0]))
-                else:
-                    with ThreadPoolExecutor(len(wave), thread_name_prefix="stowrs") as pool:
-                        for found in pool.map(self._send_group, wave):
-                            outcomes.extend(found)
-                self._tally = None
-                self.most_in_flight = max(self.most_in_flight, len(wave))
-                level = link.end_round(
-                    tally.ok_bytes, time.monotonic() - started, tally.transport_failures
-                )
-                LOGGER.debug(
-                    "STOW-RS to %s: %d request(s), %d bytes answered, %d dropped; next %d",
-                    self.studies_url,
-                    len(wave),
-                    tally.ok_bytes,
-                    tally.transport_failures,
-                    level,
-                )
+            with ThreadPoolExecutor(self.parallel_limit, thread_name_prefix="stowrs") as pool:
+                while pending or running:
+                    while pending and len(running) < link.parallel(self.parallel_limit):
+                        groups, _ = plan_requests(
+                            pending, self.boundary, self.max_request_bytes, self.request_bytes()
+                        )
+                        pending = pending[len(groups[0]) :]
+                        running.add(pool.submit(self._send_group, groups[0]))
+                        self.most_in_flight = max(self.most_in_flight, len(running))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        outcomes.extend(future.result())  # _send_group never raises
+                    round_done += len(done)
+                    if round_done < round_size and not tally.transport_failures:
+                        continue
+                    now = time.monotonic()
+                    level = link.end_round(
+                        tally.ok_bytes, now - round_start, tally.transport_failures
+                    )
+                    LOGGER.debug(
+                        "STOW-RS to %s: round of %d request(s), %d bytes answered, %d dropped;"
+                        " next %d in flight",
+                        self.studies_url,
+                        round_done,
+                        tally.ok_bytes,
+                        tally.transport_failures,
+                        level,
+                    )
+                    self._tally = tally = _Tally()
+                    round_start, round_size, round_done = now, link.parallel(self.parallel_limit), 0
         finally:
             self._tally = None
             if self.link_state is not None:
