@@ -34,11 +34,19 @@ T0 = 1_800_000_000.0  # a fixed Unix time for the pure tests
 # ---------------------------------------------------------------------- the estimator (pure)
 
 
-def _fed(drops: list[float], rate: float = 500_000.0, since: float = T0) -> LinkEstimator:
+def _fed(
+    drops: list[float], rate: float = 500_000.0, since: float = T0, until: float | None = None
+) -> LinkEstimator:
+    """An estimator that saw the link in use from `since` to `until` (default: the last
+    drop): 1 s requests at `rate` back to back, and transport failures at `drops`."""
     est = LinkEstimator()
-    est.observe(Observation(int(rate), 1.0, Ending.OK, since + 1.0))
-    for t in drops:
-        est.observe(Observation(1000, 0.5, Ending.TRANSPORT, t))
+    end = until if until is not None else max([since + 1, *drops])
+    events = [(since + 1 + i, "ok") for i in range(int(end - since))]
+    for at, kind in sorted(events + [(t, "drop") for t in drops]):
+        if kind == "ok":
+            est.observe(Observation(int(rate), 1.0, Ending.OK, at))
+        else:
+            est.observe(Observation(1000, 1.0, Ending.TRANSPORT, at))
     return est
 
 
@@ -50,11 +58,18 @@ def test_no_drops_means_the_ceiling() -> None:
 
 
 def test_request_size_follows_the_gap_between_drops() -> None:
-    # 4 drops in 120 s observed: mean gap 30 s -> target 7.5 s at 500 kB/s = 3.75 MB
-    est = _fed([T0 + 30, T0 + 60, T0 + 90, T0 + 119])
+    # 4 drops in 120 s of use: mean gap 30 s -> target 7.5 s at 500 kB/s = 3.75 MB
+    est = _fed([T0 + 30, T0 + 60, T0 + 90, T0 + 119], until=T0 + 120)
     assert est.mean_gap_s(T0 + 120) == pytest.approx(30.0)
     assert est.request_bytes(MB, 8 * MB, T0 + 120) == pytest.approx(3_750_000, rel=1e-6)
     assert est.has_estimate(T0 + 120)
+    # half an hour idle proves nothing: the same gap, the same size
+    assert est.mean_gap_s(T0 + 1920) == pytest.approx(30.0)
+    assert est.request_bytes(MB, 8 * MB, T0 + 1920) == pytest.approx(3_750_000, rel=1e-6)
+    # requests in flight together count their wall time once
+    est.observe(Observation(500_000, 1.0, Ending.OK, T0 + 121))
+    est.observe(Observation(500_000, 1.0, Ending.OK, T0 + 121))
+    assert est.mean_gap_s(T0 + 122) == pytest.approx(121 / 4)
     # very frequent drops: the 2 s minimum, then the floor
     quick = _fed([T0 + 2 * i for i in range(1, 10)])
     assert quick.request_bytes(100_000, 8 * MB, T0 + 20) == 1_000_000  # 2 s * 500 kB/s
@@ -358,3 +373,36 @@ def _orthanc_each_once(hub: Orthanc, files: list[Path]) -> bool:
             tags = client.get(f"/instances/{orthanc_id}/simplified-tags").json()
             uids.append(tags["SOPInstanceUID"])
     return sorted(uids) == sorted(_uid(p) for p in files)
+
+
+def test_the_daemon_cuts_parts_to_the_links_request_size(tmp_path: Path) -> None:
+    """Daemon._parts: an adaptive destination whose link dropped lately gets parts of the
+    link's request size; before any estimate, of max_instance_bytes."""
+    from edge.convert import convert
+    from edge.daemon import Daemon
+    from edge.slide.synthetic import write_slide
+
+    svs = tmp_path / "s.svs"
+    write_slide(svs, 4096, 3072, "svs", seed=31, quality=95)
+    files = sorted(Path(convert(svs, tmp_path / "out").output).glob("*.dcm"))
+    level0 = max(files, key=lambda p: p.stat().st_size)
+    assert level0.stat().st_size > 2 * MB
+    hub = cfg.Destination(
+        "hub",
+        "stowrs",
+        url="http://127.0.0.1:9/dicom-web",
+        max_request_bytes=16 * MB,
+        max_instance_bytes=16 * MB - 4096,
+    )
+    config = cfg.Config(state_dir=tmp_path / "state", destinations=(hub,))
+    daemon = Daemon(config)
+    [(names, whole)] = daemon._parts(1, [(["hub"], files)])
+    assert names == ["hub"] and level0 in whole, "no estimate: the level fits the cap whole"
+    now = time.time()
+    est = _fed([now - 2500, now - 1500, now - 500], rate=20_000.0, since=now - 3000)
+    link.save(est, link.state_path(config.state_dir, "hub"))  # 60 s * 20 kB/s = 1.2 MB
+    [(names, cut)] = daemon._parts(2, [(["hub"], files)])
+    assert level0 not in cut and len(cut) > len(files)
+    new = [p for p in cut if p not in files]
+    assert all(p.stat().st_size <= 1_200_000 - 4096 for p in new)
+    assert all(f"-{1_200_000 - 4096}" in p.parent.name for p in new)

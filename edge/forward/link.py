@@ -7,7 +7,9 @@ when) and one `end_round` per wave of concurrent requests. It keeps:
   follow a change of link, one odd request does not swing it),
 - the transport failures (reset, timeout, refused) of the last hour, failures less than 1 s
   apart counted as one drop (a drop resets every connection in flight at once), and from them
-  the mean gap between drops: the time observed in the window divided by the drops in it,
+  the mean gap between drops: the time the link was in use in the window (wall time covered
+  by requests, in one-minute buckets) divided by the drops in it. Idle time does not count:
+  a link nobody used for an hour has not shown that it stopped dropping,
 - the response wait: seconds from the last byte of a body to the response headers (round
   trip plus the server's work), as an EWMA; shown, not used by the rules.
 
@@ -112,7 +114,7 @@ class LinkEstimator:
         self.throughput_bps: float | None = None
         self.response_s: float | None = None
         self.drops: list[float] = []  # times of drops in the window, oldest first
-        self.since: float | None = None  # first observation (Unix time)
+        self.busy: dict[int, float] = {}  # minute (Unix time // 60) -> seconds in use
         self.updated_at: float | None = None
         self.level = 1  # requests in flight
         self.last_round_bps: float | None = None
@@ -122,9 +124,14 @@ class LinkEstimator:
 
     def observe(self, obs: Observation) -> None:
         with self._lock:
-            if self.since is None:
-                self.since = obs.at - obs.seconds
-            self.updated_at = obs.at
+            # the wall time this request covered beyond what earlier ones did (requests in
+            # flight together overlap)
+            covered = obs.seconds
+            if self.updated_at is not None:
+                covered = min(covered, max(0.0, obs.at - self.updated_at))
+            minute = int(obs.at // 60)
+            self.busy[minute] = self.busy.get(minute, 0.0) + covered
+            self.updated_at = max(obs.at, self.updated_at or obs.at)
             if obs.ending is Ending.OK and obs.seconds > 0 and obs.bytes > 0:
                 rate = obs.bytes / obs.seconds
                 self.throughput_bps = _ewma(self.throughput_bps, rate)
@@ -204,7 +211,7 @@ class LinkEstimator:
                 "throughput_bps": self.throughput_bps,
                 "response_s": self.response_s,
                 "drops": list(self.drops),
-                "since": self.since,
+                "busy": {str(k): v for k, v in self.busy.items()},
                 "updated_at": self.updated_at,
                 "parallel": self.level,
                 "last_round_bps": self.last_round_bps,
@@ -222,7 +229,10 @@ class LinkEstimator:
         if not isinstance(drops, list):
             raise ValueError("drops must be a list of times")
         est.drops = sorted(float(t) for t in drops if _number(t) is not None)
-        est.since = _number(data.get("since"))
+        busy = data.get("busy", {})
+        if not isinstance(busy, dict):
+            raise ValueError("busy must map minutes to seconds")
+        est.busy = {int(k): float(v) for k, v in busy.items() if _number(v) is not None}
         est.updated_at = _number(data.get("updated_at"))
         level = data.get("parallel", 1)
         est.level = level if isinstance(level, int) and level >= 1 else 1
@@ -233,12 +243,15 @@ class LinkEstimator:
 
     def _forget(self, now: float) -> None:
         self.drops = [t for t in self.drops if now - t <= WINDOW_S]
+        oldest = int((now - WINDOW_S) // 60)
+        self.busy = {m: v for m, v in self.busy.items() if m >= oldest}
 
     def _mean_gap(self, now: float) -> float | None:
         drops = [t for t in self.drops if now - t <= WINDOW_S]
-        if not drops or self.since is None:
+        if not drops:
             return None
-        observed = now - max(self.since, now - WINDOW_S)
+        oldest = int((now - WINDOW_S) // 60)
+        observed = sum(v for m, v in self.busy.items() if m >= oldest)
         return max(observed, 1e-3) / len(drops)
 
 

@@ -194,6 +194,7 @@ class StowRsDestination:
         self.parallel_limit = max(1, parallel_limit)
         self.most_in_flight = 0  # the largest wave sent (for tests and diagnostics)
         self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
         self._tally: _Tally | None = None
 
     # ------------------------------------------------------------------ public
@@ -323,7 +324,8 @@ class StowRsDestination:
                 self.auth.label,
             )
             try:
-                self.auth.refresh()
+                with self._auth_lock:
+                    self.auth.refresh()
             except AuthError as exc:
                 return _all(parts, Verdict.PARK if exc.permanent else Verdict.RETRY, exc.reason)
             attempt = self._post(parts)
@@ -368,7 +370,8 @@ class StowRsDestination:
         try:
             if self.auth is not None:
                 digest = _sha256(body) if self.auth.needs_payload_hash else None
-                headers.update(self.auth.headers("POST", self.studies_url, digest))
+                with self._auth_lock:  # requests in flight must not refresh a token twice
+                    headers.update(self.auth.headers("POST", self.studies_url, digest))
         except AuthError as exc:
             return _all(parts, Verdict.PARK if exc.permanent else Verdict.RETRY, exc.reason)
         except _FileChanged as exc:
