@@ -27,17 +27,18 @@ whole (78 %) while each still carries seconds of data. Below 2 s the fixed cost 
 fifth of every request or more; above 60 s a rare drop wastes a minute of link. Clamped to
 [floor, ceiling].
 
-Concurrency, `parallel(limit)`: additive increase, multiplicative (to 1) decrease. Start with
-1; after a round (a wave of concurrent requests) with no transport failure whose throughput
-(bytes of its successful requests over its wall time) rose by at least 10 % over the previous
-round's, one more request in flight, up to `limit`; a round with a transport failure goes back
-to 1 (a drop kills every request in flight, and more requests in flight means more to resend).
-10 % is above the round-to-round noise on a steady link and below what a second request gains
-where latency, not bandwidth, bounds one request (a round trip and the server's work per
-request).
+Concurrency, `parallel(limit)`: additive increase, multiplicative (to 1) decrease. Start
+with 1; after a round (as many requests as were in flight when it began) with no transport
+failure whose throughput (bytes of its successful requests over its wall time) rose by at
+least 10 % over the previous round's (the first round, or the first after a drop, has none to
+beat: it always adds one, a probe), one more request in flight, up to `limit`; a round with a
+transport failure goes back to 1 (a drop kills every request in flight, and more requests in
+flight means more to resend). 10 % is above the round-to-round noise on a steady link and
+below what a second request gains where latency, not bandwidth, bounds one request (a round
+trip and the server's work per request).
 
-Pure: times are given by the caller; `to_json`/`from_json` carry the state across restarts
-(`load`/`save` write it atomically under the state folder).
+Pure but for `load`/`save` (which write the state atomically under the state folder): times
+are given by the caller; `to_json`/`from_json` carry the state across restarts.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ bucket is shared by every request in flight (it has its own lock).
 Link awareness (`edge.forward.link`, `adaptive = true`): each request's outcome (bytes, seconds,
 answered / transport failure / refused by the peer) feeds a `LinkEstimator`. A batch is then
 cut into requests of at most `request_bytes()` (an instance larger than that goes alone;
-`max_request_bytes` stays the ceiling and the PARK limit), sent in waves of `parallel()`
-concurrent requests (threads sharing the httpx Client), re-planned after each wave. The
+`max_request_bytes` stays the ceiling and the PARK limit), with up to `parallel()` of them in
+flight (threads sharing the httpx Client), each next one planned when one ends. The
 per-instance outcomes are classified exactly as without it.
 """
 
@@ -186,13 +186,17 @@ class StowRsDestination:
             # With requests in flight in parallel, a pooled connection may idle while others
             # finish; servers close idle ones after as little as 1 s (Orthanc), and a POST on
             # a connection closed under it fails like a drop. Close ours first.
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S if link is not None else 5.0),
+            limits=httpx.Limits(
+                max_connections=100,  # httpx's defaults but for the keep-alive
+                max_keepalive_connections=20,
+                keepalive_expiry=KEEPALIVE_S if link is not None else 5.0,
+            ),
         )
         self.requests = 0  # POSTs made (for tests and diagnostics)
         self.link = link
         self.link_state = link_state
         self.parallel_limit = max(1, parallel_limit)
-        self.most_in_flight = 0  # the largest wave sent (for tests and diagnostics)
+        self.most_in_flight = 0  # the most requests in flight at once (tests, diagnostics)
         self._lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._tally: _Tally | None = None
