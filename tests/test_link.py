@@ -22,7 +22,7 @@ from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
 from edge.outbox.schema import DATABASE, connect
 from edge.send import link_status
 from edge.sync.plan import MIN_PART, link_request_bytes, part_cap
-from edge.web import status
+from edge.web import api, status
 from tests.helpers import run_edge
 from tests.orthanc import Orthanc, orthanc_server
 from tools.linksim import LinkSettings, LinkSim
@@ -305,6 +305,9 @@ def test_saved_estimate_drives_parts_cli_and_dashboard(tmp_path: Path) -> None:
         conn.close()
     assert found["hub"]["link"]["request_bytes"] == size
     assert "link" not in found["pacs"]
+    # the API's response model keeps it (GET /api/v1/destinations)
+    assert api.Destination.model_validate(found["hub"]).link == found["hub"]["link"]
+    assert api.Destination.model_validate(found["pacs"]).link is None
 
 
 # ---------------------------------------------------------------------- a dropping link
