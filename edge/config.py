@@ -55,6 +55,7 @@ class Destination:
     aws_service: str = "medical-imaging"  # stowrs aws-sigv4: the service name signed for
     max_bytes_per_s: int = 0  # all kinds: bandwidth cap in bytes per second (0: unlimited)
     max_instance_bytes: int = 0  # all kinds: WSI instances above it go as concatenation parts
+    adaptive: bool = True  # stowrs: request size and concurrency follow the measured link
     send_windows: tuple[str, ...] = ()  # all kinds: local "HH:MM-HH:MM" times to send (): always
     deidentify: str = ""  # "": identified data; "basic": PS3.15 basic profile (docs/privacy.md)
     deidentify_options: tuple[str, ...] = ()  # e.g. ["retain-modified-dates"] (docs/privacy.md)
@@ -334,6 +335,7 @@ def parse(data: dict[str, Any], source: str = "config") -> Config:
             aws_service=_typed(where, table, "aws_service", str, "medical-imaging"),
             max_bytes_per_s=_typed(where, table, "max_bytes_per_s", int, 0),
             max_instance_bytes=_typed(where, table, "max_instance_bytes", int, 0),
+            adaptive=_typed(where, table, "adaptive", bool, True),
             send_windows=_windows(f"{where} ({name})", table),
             **_deidentify(where, name, table),
         )

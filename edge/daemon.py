@@ -53,7 +53,7 @@ from edge.outbox.retry import CircuitBreaker, RetryPolicy
 from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
 from edge.pipeline import Stopping, boost, process
-from edge.sync.plan import prepare_for
+from edge.sync.plan import link_request_bytes, part_cap, prepare_for
 from edge.system.disk import DiskMonitor, DiskUsage, Watermarks, usage
 from edge.system.mdns import Announced, Announcement, announce, announceable_port
 from edge.system.notify import Watchdog
@@ -465,15 +465,19 @@ class Daemon:
         self, job_id: int, found: list[tuple[list[str], list[Path]]]
     ) -> list[tuple[list[str], list[Path]]]:
         """Destinations with `max_instance_bytes` get large levels as concatenation parts
-        (docs/sync.md): a dropped link then loses one part, not a whole level."""
+        (docs/sync.md): a dropped link then loses one part, not a whole level. An adaptive
+        destination on a link that drops gets smaller parts (edge/sync/plan.py part_cap)."""
         out: list[tuple[list[str], list[Path]]] = []
         for targets, files in found:
             by_cap: dict[int, list[str]] = {}
             for name in targets:
-                by_cap.setdefault(self.config.destination(name).max_instance_bytes, []).append(name)
+                dest = self.config.destination(name)
+                cap = part_cap(dest, link_request_bytes(dest, self.config.state_dir))
+                by_cap.setdefault(cap, []).append(name)
             for cap, names in by_cap.items():
                 work = self.config.state_dir / "parts" / f"job-{job_id:06d}" / str(cap)
-                out.append((names, prepare_for(self.config.destination(names[0]), files, work)))
+                dest = self.config.destination(names[0])
+                out.append((names, prepare_for(dest, files, work, cap)))
         return out
 
     def _quarantine_file(self, source: Path) -> None:
@@ -492,7 +496,7 @@ class Daemon:
         breaker = CircuitBreaker(cooldown_s=min(60.0, self.config.retry_ceiling_s))
         with Outbox(self.database, policy=policy) as outbox:
             try:
-                destination = factory.build(dest_config)
+                destination = factory.build(dest_config, self.config.state_dir)
                 windows = factory.windows(dest_config)
             except cfg.ConfigError as exc:  # e.g. a credentials file missing: the others go on
                 LOGGER.error("destination %s cannot start: %s", dest_config.name, exc)

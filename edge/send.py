@@ -8,10 +8,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from edge import config as cfg
 from edge.errors import EdgeError
-from edge.forward import factory
+from edge.forward import factory, link
+from edge.forward.stowrs import PARALLEL_LIMIT, REQUEST_FLOOR
 from edge.forward.worker import drain
 from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
 from edge.outbox.schema import DATABASE
@@ -56,6 +58,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     progress.add_argument("slide", nargs="?", help="slide key (default: the 20 latest slides)")
     progress.add_argument("--to", dest="destination", metavar="NAME")
     progress.add_argument("--json", action="store_true")
+    link = actions.add_parser(
+        "link",
+        help="the measured link per adaptive STOW-RS destination (throughput, drops, request "
+        "size, requests in flight)",
+    )
+    link.add_argument("--to", dest="destination", metavar="NAME")
+    link.add_argument("--json", action="store_true")
     retry = actions.add_parser("retry", help="send failed or parked deliveries again")
     retry.add_argument("ids", nargs="+", type=int)
     park = actions.add_parser("park", help="stop sending these deliveries")
@@ -99,7 +108,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             if not args.wait:
                 return EXIT_OK
             outbox.recover()
-            destination = factory.build(dest_config)
+            destination = factory.build(dest_config, config.state_dir)
             try:
                 result = drain(
                     outbox,
@@ -163,6 +172,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
                 print(json.dumps(outbox.stats(), indent=2))
             elif args.action == "progress":
                 _progress(outbox, args)
+            elif args.action == "link":
+                _link(config, args)
             elif args.action == "retry":
                 outbox.retry(args.ids)
             elif args.action == "park":
@@ -174,6 +185,45 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     return EXIT_OK
+
+
+def link_status(config: cfg.Config, now: float | None = None) -> list[dict[str, Any]]:
+    """Per adaptive STOW-RS destination: its saved link estimate (`estimate` None: nothing
+    measured yet). Shared by `edge queue link` and the dashboard's status."""
+    now = time.time() if now is None else now
+    return [
+        {
+            "destination": d.name,
+            "estimate": link.describe(
+                config.state_dir, d.name, d.max_request_bytes, REQUEST_FLOOR, PARALLEL_LIMIT, now
+            ),
+        }
+        for d in config.destinations
+        if d.kind == "stowrs" and d.adaptive
+    ]
+
+
+def _link(config: cfg.Config, args: argparse.Namespace) -> None:
+    found = [s for s in link_status(config) if args.destination in (None, s["destination"])]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        print(
+            "no adaptive STOW-RS destination"
+            + (f" named {args.destination}" if args.destination else "")
+        )
+    for entry in found:
+        e = entry["estimate"]
+        if e is None:
+            print(f"{entry['destination']:<12} nothing measured yet")
+            continue
+        rate = "-" if e["throughput_mbit_s"] is None else f"{e['throughput_mbit_s']:.2f}"
+        print(
+            f"{entry['destination']:<12} {rate} Mbit/s per request, "
+            f"{e['drops_last_hour']} drop(s) in the last hour, "
+            f"requests of {e['request_bytes'] / 1e6:.1f} MB, {e['parallel']} in flight"
+        )
 
 
 def _progress(outbox: Outbox, args: argparse.Namespace) -> None:

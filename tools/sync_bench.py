@@ -4,8 +4,11 @@ same simulated link (tools/linksim.py), each to a fresh real Orthanc.
 Rows: edge's progressive sync (outbox order, concatenation parts, STOW-RS requests of at most
 `--max-request-mb`, retries) and a plain STOW-RS (one request with every instance, sent again
 after any failure), both on the dropping link; then both on the same link without drops, for
-the cost of the parts and the ordering alone. Each run gets the same seeded drop schedule,
-counted from its own start, and a fresh Orthanc (configured as in tests/orthanc.py).
+the cost of the parts and the ordering alone; and edge's sync with `adaptive = true`
+(edge/forward/link.py: request size from the measured throughput and drops, up to
+`--max-request-mb`; several requests in flight where that pays) on both links. Each run gets
+the same seeded drop schedule, counted from its own start, and a fresh Orthanc (configured as
+in tests/orthanc.py). Parts are `--part-mb` (default: the request cap) less 4096 bytes.
 """
 
 from __future__ import annotations
@@ -64,12 +67,16 @@ def run(args: argparse.Namespace) -> int:
     )
     steady = LinkSettings(rate_bps=dropping.rate_bps, latency_s=dropping.latency_s)
     request = int(args.max_request_mb * MB)
+    part_mb = getattr(args, "part_mb", None)
+    part = min(request, int(part_mb * MB)) if part_mb else request
     rows: list[tuple[str, SyncRun, int]] = []  # name, run, instances at the hub
     plans = [
         ("dropping", dropping, "progressive"),
         ("dropping", dropping, "plain"),
         ("steady", steady, "progressive"),
         ("steady", steady, "plain"),
+        ("dropping", dropping, "adaptive"),
+        ("steady", steady, "adaptive"),
     ]
     wanted = set(args.only.split(",")) if args.only else None
     plans = [p for p in plans if wanted is None or f"{p[2]}-{p[0]}" in wanted]
@@ -82,15 +89,16 @@ def run(args: argparse.Namespace) -> int:
             with orthanc_server(work / "orthanc") as hub:
                 print(f"{sender} over the {link_name} link ...", file=sys.stderr, flush=True)
                 with LinkSim(("127.0.0.1", hub.http_port), settings) as link:
-                    if sender == "progressive":
+                    if sender in ("progressive", "adaptive"):
                         result = progressive(
                             files,
                             link,
                             hub.http_url,
                             work,
-                            max_instance_bytes=request - 4096,
+                            max_instance_bytes=part - 4096,
                             max_request_bytes=request,
                             timeout_s=args.timeout,
+                            adaptive=sender == "adaptive",
                         )
                     else:
                         result = plain(files, link, hub.http_url, timeout_s=args.timeout)
@@ -101,21 +109,24 @@ def run(args: argparse.Namespace) -> int:
     slide_bytes = sum(p.stat().st_size for p in files)
     table = [
         "| sender | QC results at hub s | overview at hub s | complete s | wire / slide bytes "
-        "| drops | requests or retries | instances at hub |",
-        "|---|---|---|---|---|---|---|---|",
+        "| drops | requests or retries | POSTs, most in flight | instances at hub |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r, stored in rows:
         at_hub = f"{stored} / {len(r.sent_files)}"
         complete = _fmt(r.finished_s) if r.finished_s else f"not after {args.timeout:.0f}"
         table.append(
             f"| {name} | {_fmt(r.seen(results))} | {_fmt(r.seen(overview))} | {complete} "
-            f"| {r.overhead:.3f} | {r.drops} | {r.attempts} | {at_hub} |"
+            f"| {r.overhead:.3f} | {r.drops} | {r.attempts} | {r.requests}, {r.most_in_flight} "
+            f"| {at_hub} |"
         )
     command = (
         f"tools/bench sync --size {args.size} --seed {args.seed} --rate-mbps {args.rate_mbps:g} "
         f"--latency-ms {args.latency_ms:g} --drop-every {args.drop_every} "
         f"--link-seed {args.link_seed} --max-request-mb {args.max_request_mb:g} "
-        f"--timeout {args.timeout:g}" + (f" --only {args.only}" if args.only else "")
+        + (f"--part-mb {part_mb:g} " if part_mb else "")
+        + f"--timeout {args.timeout:g}"
+        + (f" --only {args.only}" if args.only else "")
     )
     text = (
         f"Command: `.venv/bin/python {command}`\n\n"

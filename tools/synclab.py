@@ -1,7 +1,8 @@
 """Sync experiments over the link simulator, shared by tests/test_sync_e2e.py and
 `tools/bench sync`: a hub watcher (when each instance became visible at the hub), our
-progressive sync (outbox + STOW-RS + concatenation parts) and a plain STOW-RS baseline (the
-whole series in one request, retried until it goes through).
+progressive sync (outbox + STOW-RS + concatenation parts; with `adaptive`, request size and
+requests in flight follow the measured link, edge/forward/link.py) and a plain STOW-RS
+baseline (the whole series in one request, retried until it goes through).
 
 Times are seconds since the link started (`LinkSim.started`), so both senders are judged
 against the same seeded drop schedule.
@@ -22,10 +23,11 @@ import pydicom
 
 from edge.config import Destination
 from edge.forward import factory
+from edge.forward.stowrs import StowRsDestination
 from edge.forward.worker import drain
 from edge.outbox import CircuitBreaker, Outbox, RetryPolicy
 from edge.outbox.schema import DATABASE
-from edge.sync.plan import prepare_for
+from edge.sync.plan import link_request_bytes, part_cap, prepare_for
 from tools.linksim import LinkSim
 
 
@@ -87,6 +89,8 @@ class SyncRun:
     first_seen: dict[str, float] = field(default_factory=dict)  # UID -> s since link start
     finished_s: float | None = None  # when everything was at the hub (None: never)
     attempts: int = 0  # requests (plain) or retried deliveries (progressive)
+    requests: int = 0  # POSTs made
+    most_in_flight: int = 1  # the most requests in flight at once
     most_copies: int = 0
     drops: int = 0
 
@@ -110,9 +114,13 @@ def progressive(
     max_request_bytes: int,
     batch_size: int = 20,
     timeout_s: float = 600,
+    adaptive: bool = False,
 ) -> SyncRun:
-    """Our sync: parts for instances over the cap, the outbox's order, STOW-RS, retries."""
-    run = SyncRun("edge progressive", sum(p.stat().st_size for p in files))
+    """Our sync: parts for instances over the cap, the outbox's order, STOW-RS, retries.
+    `adaptive`: the destination's link estimate (kept under `work`, fresh for each run) sets
+    request size and requests in flight; parts are cut as the daemon cuts them."""
+    name = "edge adaptive" if adaptive else "edge progressive"
+    run = SyncRun(name, sum(p.stat().st_size for p in files))
     dest = Destination(
         name="hub",
         kind="stowrs",
@@ -120,8 +128,10 @@ def progressive(
         max_request_bytes=max_request_bytes,
         max_instance_bytes=max_instance_bytes,
         timeout_s=30,
+        adaptive=adaptive,
     )
-    run.sent_files = prepare_for(dest, files, work / "parts")
+    cap = part_cap(dest, link_request_bytes(dest, work))
+    run.sent_files = prepare_for(dest, files, work / "parts", cap)
     up0 = link.stats.up_bytes
     drops0 = link.stats.drops
     with (
@@ -129,7 +139,7 @@ def progressive(
         HubWatcher(hub_http_url, link.started) as watcher,
     ):
         outbox.enqueue(run.sent_files, ["hub"], "slide")
-        destination = factory.build(dest)
+        destination = factory.build(dest, work)
         try:
             result = drain(
                 outbox,
@@ -140,6 +150,9 @@ def progressive(
             )
         finally:
             destination.close()
+        if isinstance(destination, StowRsDestination):
+            run.requests = destination.requests
+            run.most_in_flight = max(1, destination.most_in_flight)
         if result.pending == 0 and result.parked == 0:
             run.finished_s = time.monotonic() - link.started
         run.attempts = result.retried
@@ -189,6 +202,7 @@ def plain(
     with HubWatcher(hub_http_url, link.started) as watcher:
         while time.monotonic() < deadline:
             run.attempts += 1
+            run.requests += 1
             try:
                 with httpx.Client(timeout=httpx.Timeout(30.0)) as client:
                     response = client.post(url, content=_body(files, boundary), headers=headers)

@@ -6,7 +6,7 @@ import ssl
 from pathlib import Path
 
 from edge import config
-from edge.forward import auth
+from edge.forward import auth, link
 from edge.forward.cstore import CStoreDestination
 from edge.forward.folder import FolderDestination
 from edge.forward.protocol import Destination
@@ -60,16 +60,17 @@ def windows(dest: config.Destination) -> tuple[Window, ...]:
     return parse_windows(dest.send_windows)
 
 
-def build(dest: config.Destination) -> Destination:
+def build(dest: config.Destination, state_dir: Path | None = None) -> Destination:
+    """`state_dir`: where an adaptive destination keeps its link estimate across runs."""
     try:
-        return _build(dest)
+        return _build(dest, state_dir)
     except config.ConfigError as exc:
         if str(exc).startswith(f"destination {dest.name}"):
             raise
         raise config.ConfigError(f"destination {dest.name}: {exc}") from exc
 
 
-def _build(dest: config.Destination) -> Destination:
+def _build(dest: config.Destination, state_dir: Path | None) -> Destination:
     bucket = TokenBucket(dest.max_bytes_per_s) if dest.max_bytes_per_s > 0 else None
     if dest.kind == "cstore":
         return CStoreDestination(
@@ -83,6 +84,11 @@ def _build(dest: config.Destination) -> Destination:
             bucket=bucket,
         )
     if dest.kind == "stowrs":
+        state = link.state_path(state_dir, dest.name) if state_dir and dest.adaptive else None
+        if state is not None:
+            estimator: link.LinkEstimator | None = link.load(state)
+        else:
+            estimator = link.LinkEstimator() if dest.adaptive else None
         return StowRsDestination(
             dest.name,
             dest.url,
@@ -91,6 +97,8 @@ def _build(dest: config.Destination) -> Destination:
             timeout_s=dest.timeout_s,
             verify=tls_context(dest) if dest.url.startswith("https://") else True,
             bucket=bucket,
+            link=estimator,
+            link_state=state,
         )
     if dest.kind == "folder":
         return FolderDestination(dest.name, Path(dest.path), bucket=bucket)

@@ -13,7 +13,15 @@ SigV4. On 401/403 the credentials are refreshed (file re-read, new token) and th
 repeated once; a second refusal is PARK for credentials we hold (basic, google, aws-sigv4) and
 RETRY for a bearer token file. Credentials are never logged nor put in a reason.
 
-Bandwidth: with a `TokenBucket` the body is let out at most at its rate (64 KiB pieces).
+Bandwidth: with a `TokenBucket` the body is let out at most at its rate (64 KiB pieces); the
+bucket is shared by every request in flight (it has its own lock).
+
+Link awareness (`edge.forward.link`, `adaptive = true`): each request's outcome (bytes, seconds,
+answered / transport failure / refused by the peer) feeds a `LinkEstimator`. A batch is then
+cut into requests of at most `request_bytes()` (an instance larger than that goes alone;
+`max_request_bytes` stays the ceiling and the PARK limit), with up to `parallel()` of them in
+flight (threads sharing the httpx Client), each next one planned when one ends. The
+per-instance outcomes are classified exactly as without it.
 """
 
 from __future__ import annotations
@@ -22,15 +30,20 @@ import hashlib
 import json
 import logging
 import ssl
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from edge.forward import link as linkmod
 from edge.forward.auth import AuthError, Basic, BearerFile, RequestAuth
+from edge.forward.link import Ending, LinkEstimator, Observation
 from edge.forward.protocol import Item, Outcome, Verdict
 from edge.forward.status import FollowUp, classify_dimse, classify_http
 from edge.forward.throttle import TokenBucket, throttled
@@ -43,6 +56,9 @@ EXCERPT = 200  # characters of a response body kept in a reason
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
+PARALLEL_LIMIT = 4  # requests in flight at most (adaptive): a PACS is not a CDN
+KEEPALIVE_S = 0.5  # adaptive: idle pooled connections are closed after this (see __init__)
+REQUEST_FLOOR = 1 << 20  # adaptive requests are never cut below this (the config's minimum)
 
 
 @dataclass(frozen=True)
@@ -101,10 +117,12 @@ def closing_overhead(boundary: str) -> int:
 
 
 def plan_requests(
-    parts: list[_Part], boundary: str, max_request_bytes: int
+    parts: list[_Part], boundary: str, max_request_bytes: int, target: int | None = None
 ) -> tuple[list[list[_Part]], list[_Part]]:
-    """Split parts, in order, into request bodies of at most max_request_bytes; also return the
-    parts too large for any request on their own. Pure."""
+    """Split parts, in order, into request bodies of at most `target` bytes (default:
+    max_request_bytes); a part larger than the target goes alone. Also return the parts too
+    large for any request (over max_request_bytes) on their own. Pure."""
+    limit = max_request_bytes if target is None else min(target, max_request_bytes)
     groups: list[list[_Part]] = []
     too_large: list[_Part] = []
     current: list[_Part] = []
@@ -114,7 +132,7 @@ def plan_requests(
         if closing_overhead(boundary) + need > max_request_bytes:
             too_large.append(part)
             continue
-        if current and size + need > max_request_bytes:
+        if current and size + need > limit:
             groups.append(current)
             current, size = [], closing_overhead(boundary)
         current.append(part)
@@ -138,7 +156,12 @@ class StowRsDestination:
         verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
         bucket: TokenBucket | None = None,
+        link: LinkEstimator | None = None,
+        link_state: Path | None = None,
+        parallel_limit: int = PARALLEL_LIMIT,
     ) -> None:
+        """`link`: adapt request size and concurrency to it (None: fixed max_request_bytes,
+        one request at a time); `link_state`: a JSON file it is saved to after each batch."""
         if sum(x is not None for x in (auth, token_file, basic)) > 1:
             raise ValueError("StowRsDestination: give one of auth, token_file or basic")
         if token_file is not None:
@@ -160,8 +183,23 @@ class StowRsDestination:
             verify=verify,
             transport=transport,
             follow_redirects=False,
+            # With requests in flight in parallel, a pooled connection may idle while others
+            # finish; servers close idle ones after as little as 1 s (Orthanc), and a POST on
+            # a connection closed under it fails like a drop. Close ours first.
+            limits=httpx.Limits(
+                max_connections=100,  # httpx's defaults but for the keep-alive
+                max_keepalive_connections=20,
+                keepalive_expiry=KEEPALIVE_S if link is not None else 5.0,
+            ),
         )
         self.requests = 0  # POSTs made (for tests and diagnostics)
+        self.link = link
+        self.link_state = link_state
+        self.parallel_limit = max(1, parallel_limit)
+        self.most_in_flight = 0  # the most requests in flight at once (tests, diagnostics)
+        self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._tally: _Tally | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -186,12 +224,85 @@ class StowRsDestination:
                 f" (max_request_bytes {self.max_request_bytes})"
             )
             outcomes.append(Outcome(part.item.id, Verdict.PARK, reason))
-        for group in groups:
-            outcomes.extend(self._send_group(group))
+        if self.link is None:
+            for group in groups:
+                outcomes.extend(self._send_group(group))
+            return outcomes
+        outcomes.extend(self._send_adaptive([p for g in groups for p in g], self.link))
         return outcomes
+
+    def request_bytes(self) -> int:
+        """The request size the link calls for now (max_request_bytes when not adaptive)."""
+        if self.link is None:
+            return self.max_request_bytes
+        return self.link.request_bytes(REQUEST_FLOOR, self.max_request_bytes, time.time())
 
     def close(self) -> None:
         self._client.close()
+
+    # ------------------------------------------------------------------ adaptive
+
+    def _send_adaptive(self, parts: list[_Part], link: LinkEstimator) -> list[Outcome]:
+        """Up to parallel() requests in flight, each of at most request_bytes(), the next one
+        planned (and started) as soon as one ends, so a drop shrinks the rest of the batch at
+        once and no connection idles behind a slower request. A round ends after as many
+        requests as were allowed in flight when it began, or at a transport failure."""
+        outcomes: list[Outcome] = []
+        pending = parts
+        running: set[Future[list[Outcome]]] = set()
+        self._tally = tally = _Tally()
+        round_start, round_size, round_done = (
+            time.monotonic(),
+            link.parallel(self.parallel_limit),
+            0,
+        )
+        try:
+            with ThreadPoolExecutor(self.parallel_limit, thread_name_prefix="stowrs") as pool:
+                while pending or running:
+                    while pending and len(running) < link.parallel(self.parallel_limit):
+                        groups, _ = plan_requests(
+                            pending, self.boundary, self.max_request_bytes, self.request_bytes()
+                        )
+                        pending = pending[len(groups[0]) :]
+                        running.add(pool.submit(self._send_group, groups[0]))
+                        self.most_in_flight = max(self.most_in_flight, len(running))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        outcomes.extend(future.result())  # _send_group never raises
+                    round_done += len(done)
+                    if round_done < round_size and not tally.transport_failures:
+                        continue
+                    now = time.monotonic()
+                    level = link.end_round(
+                        tally.ok_bytes, now - round_start, tally.transport_failures
+                    )
+                    LOGGER.debug(
+                        "STOW-RS to %s: round of %d request(s), %d bytes answered, %d dropped;"
+                        " next %d in flight",
+                        self.studies_url,
+                        round_done,
+                        tally.ok_bytes,
+                        tally.transport_failures,
+                        level,
+                    )
+                    self._tally = tally = _Tally()
+                    round_start, round_size, round_done = now, link.parallel(self.parallel_limit), 0
+        finally:
+            self._tally = None
+            if self.link_state is not None:
+                linkmod.save(link, self.link_state)
+        return outcomes
+
+    def _observe(self, size: int, started: float, ending: Ending, body_end: float | None) -> None:
+        if self.link is None:
+            return
+        ended = time.monotonic()
+        response_s = ended - body_end if body_end is not None and ending is Ending.OK else None
+        obs = Observation(size, ended - started, ending, time.time(), response_s)
+        self.link.observe(obs)
+        tally = self._tally
+        if tally is not None:
+            tally.add(obs)
 
     # ------------------------------------------------------------------ one request
 
@@ -217,7 +328,8 @@ class StowRsDestination:
                 self.auth.label,
             )
             try:
-                self.auth.refresh()
+                with self._auth_lock:
+                    self.auth.refresh()
             except AuthError as exc:
                 return _all(parts, Verdict.PARK if exc.permanent else Verdict.RETRY, exc.reason)
             attempt = self._post(parts)
@@ -262,7 +374,8 @@ class StowRsDestination:
         try:
             if self.auth is not None:
                 digest = _sha256(body) if self.auth.needs_payload_hash else None
-                headers.update(self.auth.headers("POST", self.studies_url, digest))
+                with self._auth_lock:  # requests in flight must not refresh a token twice
+                    headers.update(self.auth.headers("POST", self.studies_url, digest))
         except AuthError as exc:
             return _all(parts, Verdict.PARK if exc.permanent else Verdict.RETRY, exc.reason)
         except _FileChanged as exc:
@@ -271,10 +384,13 @@ class StowRsDestination:
             return self._missing(parts)
         except OSError as exc:
             return _all(parts, Verdict.RETRY, f"reading queued files failed: {exc}")
-        self.requests += 1
-        content = throttled(body, self.bucket) if self.bucket is not None else body
+        with self._lock:
+            self.requests += 1
+        content: Iterable[bytes] = throttled(body, self.bucket) if self.bucket is not None else body
+        clock = _BodyClock(content)
+        started = time.monotonic()
         try:
-            return self._client.post(self.studies_url, content=content, headers=headers)
+            response = self._client.post(self.studies_url, content=clock, headers=headers)
         except _FileChanged as exc:
             return self._file_changed(parts, exc)
         except httpx.HTTPError as exc:
@@ -289,11 +405,15 @@ class StowRsDestination:
             if _cause(exc, ssl.SSLCertVerificationError) is not None:
                 # An untrusted server certificate is not fixed by retrying: a person must.
                 return _all(parts, Verdict.PARK, f"TLS certificate refused: {reason}")
+            self._observe(len(body), started, Ending.TRANSPORT, None)
             return _all(parts, Verdict.RETRY, reason)
         except FileNotFoundError:
             return self._missing(parts)
         except OSError as exc:
             return _all(parts, Verdict.RETRY, f"reading queued files failed: {exc}")
+        ending = Ending.OK if response.status_code < 400 else Ending.PEER
+        self._observe(len(body), started, ending, clock.ended)
+        return response
 
     def _missing(self, parts: list[_Part]) -> list[Outcome]:
         """A file vanished while the body was streamed: PARK it, RETRY the others."""
@@ -363,6 +483,35 @@ class StowRsDestination:
                 Outcome(part.item.id, classified.verdict, f"HTTP {code}: {classified.reason}")
             )
         return outcomes
+
+
+class _Tally:
+    """One wave's answered bytes and transport failures (requests report from their threads)."""
+
+    def __init__(self) -> None:
+        self.ok_bytes = 0
+        self.transport_failures = 0
+        self._lock = threading.Lock()
+
+    def add(self, obs: Observation) -> None:
+        with self._lock:
+            if obs.ending is Ending.OK:
+                self.ok_bytes += obs.bytes
+            elif obs.ending is Ending.TRANSPORT:
+                self.transport_failures += 1
+
+
+class _BodyClock:
+    """The body's chunks, noting when the last one was handed over (the response wait is
+    measured from there)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+        self.ended: float | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        self.ended = time.monotonic()
 
 
 def _sha256(body: _Body) -> str:

@@ -100,6 +100,9 @@ class Destination(BaseModel):
     last_error: str = ""
     last_error_at: float | None = None
     failing: bool
+    link: dict[str, Any] | None = Field(
+        None, description="adaptive STOW-RS: the measured link (edge queue link --json)"
+    )
 
 
 class Done(BaseModel):

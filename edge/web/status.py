@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 from edge import config as cfg
+from edge.forward import link
+from edge.forward.stowrs import PARALLEL_LIMIT, REQUEST_FLOOR
 from edge.jobs import job_counts
 from edge.outbox import queries
 from edge.outbox.schema import STATES
@@ -53,8 +55,19 @@ def destinations(
     paused = queries.paused(conn)
     out = []
     names = [d.name for d in config.destinations]
+    now = time.time()
     for dest in config.destinations:
-        out.append({**_public(dest), "configured": True})
+        found = {**_public(dest), "configured": True}
+        if dest.kind == "stowrs" and dest.adaptive:
+            found["link"] = link.describe(
+                config.state_dir,
+                dest.name,
+                dest.max_request_bytes,
+                REQUEST_FLOOR,
+                PARALLEL_LIMIT,
+                now,
+            )
+        out.append(found)
     for name in sorted(set(stats) - set(names)):
         out.append({"name": name, "kind": "", "target": "", "tls": False, "configured": False})
     for entry in out:
