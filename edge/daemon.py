@@ -406,9 +406,12 @@ class Daemon:
                     if self.stop.is_set():
                         raise Stopping(f"stopping after {done} of {total} tiles")
 
+                def converted(files: list[Path], job_id: int = job.id) -> None:
+                    self._send_early(outbox, job_id, files)
+
                 started = time.monotonic()
                 try:
-                    output = process(job, self.config, progress)
+                    output = process(job, self.config, progress, converted)
                     for targets, files in self._copies(job.id, output.files):
                         outbox.enqueue(files, targets, f"job-{job.id}", boost(output))
                 except Stopping:
@@ -436,6 +439,17 @@ class Daemon:
                     len(output.files) if names else 0,
                     ", unmatched (no patient/order data)" if output.job.unmatched else "",
                 )
+
+    def _send_early(self, outbox: Outbox, job_id: int, files: list[Path]) -> None:
+        """Queue a slide's converted instances while its QC is still being computed, so the
+        PACS gets the pyramid seconds sooner; the QC objects follow when they exist. Only when
+        no destination takes a de-identified copy (that copy is made of the finished folder).
+        A restart re-queues the same paths: the outbox keeps one row per file."""
+        if not files or any(destination_policy(d) for d in self.config.destinations):
+            return
+        names = [d.name for d in self.config.destinations]
+        for targets, parts in self._parts(job_id, [(names, files)]):
+            outbox.enqueue(parts, targets, f"job-{job_id}", 0)
 
     def _copies(self, job_id: int, files: list[Path]) -> list[tuple[list[str], list[Path]]]:
         """Which files go to which destinations: the identified slide to those that take it,

@@ -265,7 +265,12 @@ def _with_delivery(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> list
             key = state if state in ("delivered", "parked") else "pending"
             counts[key] += int(n)
         row["deliveries"] = counts
-        row["delivered"] = counts["total"] > 0 and counts["delivered"] == counts["total"]
+        # A running job may have sent its pyramid while its QC objects are still to come.
+        row["delivered"] = (
+            row.get("state") == "done"
+            and counts["total"] > 0
+            and counts["delivered"] == counts["total"]
+        )
     return rows
 
 

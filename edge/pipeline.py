@@ -63,9 +63,14 @@ def convert_and_analyse(
     options: ConvertOptions,
     analysis: Any | None,
     progress: Callable[[int, int], None] | None = None,
+    on_converted: Callable[[list[Path]], None] | None = None,
 ) -> tuple[ConvertResult, dict[str, Any] | None]:
     """Convert into out_root/<name>/ with the analysis riding the pass; QC outputs go to
-    out_root/<name>.qc/ and, as DICOM (SEG, SR), into the slide folder."""
+    out_root/<name>.qc/ and, as DICOM (SEG, SR), into the slide folder.
+
+    `on_converted` gets the converted instances (the pyramid and the associated images) as
+    soon as they are in place, while the analysis still works on its results: the daemon
+    starts sending them then."""
     session = None
     if analysis is not None:
         from edge.analysis.api import SlideAnalysis
@@ -74,6 +79,8 @@ def convert_and_analyse(
     result = convert(
         path, out_root, options, progress, consumers_for=session.consumers if session else None
     )
+    if on_converted is not None and session is not None:
+        on_converted(sorted(Path(result.output).glob("*.dcm")))
     report = None
     if session is not None:
         from edge.analysis.outputs import write_outputs
@@ -99,9 +106,13 @@ def convert_and_analyse(
 
 
 def process(
-    job: Job, config: cfg.Config, progress: Callable[[int, int], None] | None = None
+    job: Job,
+    config: cfg.Config,
+    progress: Callable[[int, int], None] | None = None,
+    on_converted: Callable[[list[Path]], None] | None = None,
 ) -> SlideOutput:
-    """Convert (and analyse) one job's slide; `progress` may raise Stopping to abandon it."""
+    """Convert (and analyse) one job's slide; `progress` may raise Stopping to abandon it;
+    `on_converted` as in `convert_and_analyse`."""
     options = ConvertOptions(format=config.pipeline.format, quality=config.pipeline.quality)
     if not config.ingest.sidecar:
         options = dataclasses.replace(options, sidecar=Path("/nonexistent/no-sidecar.json"))
@@ -122,7 +133,9 @@ def process(
     unmatched = not _identified(patient)
 
     analysis = analysis_options(config) if config.pipeline.analyse else None
-    result, report = convert_and_analyse(job.source, out_root, options, analysis, progress)
+    result, report = convert_and_analyse(
+        job.source, out_root, options, analysis, progress, on_converted
+    )
     files = sorted(Path(result.output).glob("*.dcm"))
     verdict = str(report["verdict"]) if report else ""
     return SlideOutput(

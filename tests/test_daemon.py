@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -130,6 +131,15 @@ def test_slides_flow_to_the_destination_and_bad_input_is_quarantined(tmp_path: P
         assert reader.stats()["destinations"]["local"]["delivered"] == len(written)
     finally:
         reader.close()
+    # The pyramid was queued while the QC was still being computed; its QC objects after.
+    with sqlite3.connect(config.state_dir / DATABASE) as conn:
+        queued = conn.execute(
+            "SELECT path, enqueued_at FROM instances WHERE slide_key = ?",
+            (f"job-{rows['first.svs']['id']}",),
+        ).fetchall()
+    qc_at = [at for path, at in queued if Path(path).name.startswith("qc-")]
+    pyramid_at = [at for path, at in queued if not Path(path).name.startswith("qc-")]
+    assert qc_at and pyramid_at and max(pyramid_at) < min(qc_at)
 
     # A restart finds the same files and does nothing again.
     assert Daemon(config, once=True).run(timeout_s=60) == 0
