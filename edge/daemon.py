@@ -43,6 +43,7 @@ from edge.audit.trail import record
 from edge.deid import deidentify_slide
 from edge.deid.site import destination_policy, site_secret
 from edge.errors import EdgeError, InputError
+from edge.fileio import write_atomic
 from edge.forward import factory
 from edge.forward.worker import drain
 from edge.ingest.receiver import Receiver
@@ -485,14 +486,25 @@ class Daemon:
         for targets, files in found:
             by_cap: dict[int, list[str]] = {}
             for name in targets:
-                dest = self.config.destination(name)
-                cap = part_cap(dest, link_request_bytes(dest, self.config.state_dir))
-                by_cap.setdefault(cap, []).append(name)
+                by_cap.setdefault(self._pinned_cap(job_id, name), []).append(name)
             for cap, names in by_cap.items():
                 work = self.config.state_dir / "parts" / f"job-{job_id:06d}" / str(cap)
                 dest = self.config.destination(names[0])
                 out.append((names, prepare_for(dest, files, work, cap)))
         return out
+
+    def _pinned_cap(self, job_id: int, name: str) -> int:
+        """The part size of one job for one destination, chosen once and kept: part UIDs
+        follow from it, so a second plan (the pyramid queued early, then the whole slide; a
+        restart after a crash) must cut the same parts even if the link estimate moved."""
+        dest = self.config.destination(name)
+        pin = self.config.state_dir / "parts" / f"job-{job_id:06d}" / f"{name}.cap"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pin.read_text())
+        cap = part_cap(dest, link_request_bytes(dest, self.config.state_dir))
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(pin, str(cap).encode())
+        return cap
 
     def _quarantine_file(self, source: Path) -> None:
         target = self.config.ingest.quarantine_dir

@@ -409,3 +409,10 @@ def test_the_daemon_cuts_parts_to_the_links_request_size(tmp_path: Path) -> None
     new = [p for p in cut if p not in files]
     assert all(p.stat().st_size <= 1_200_000 - 4096 for p in new)
     assert all(f"-{1_200_000 - 4096}" in p.parent.name for p in new)
+    # The link recovers, but job 2's parts are pinned: planning it again (its pyramid was
+    # queued early; a restart) cuts the same parts, never a second concatenation.
+    link.state_path(config.state_dir, "hub").unlink()
+    [(names, again)] = daemon._parts(2, [(["hub"], files)])
+    assert again == cut
+    [(names, fresh)] = daemon._parts(3, [(["hub"], files)])
+    assert level0 in fresh, "a new job follows the link as it is now"
