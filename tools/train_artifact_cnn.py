@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -139,11 +140,14 @@ def train(
     samples: list[dict[str, Any]],
     labels: list[npt.NDArray],
     seed: int,
-    steps: int = 450,
+    steps: int = 6000,
     batch: int = 8,
     width: int = 16,
-    threads: int = 2,
+    threads: int = 1,
+    checkpoints: Path | None = None,
 ) -> ArtifactNet:
+    """checkpoints: a folder for the weights every 250 steps (a long run on a busy machine
+    can then be looked at before it ends; the result does not depend on it)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -152,7 +156,7 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     # Artifacts weigh a little more than glass and tissue; the cut-offs are calibrated anyway.
-    weight = torch.tensor([1.0, 1.0, 2.0, 2.0, 2.0, 1.5, 1.5])
+    weight = torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 1.5, 1.5])
     inner = slice(MARGIN, WINDOW - MARGIN)
     net.train()
     t0, running = time.time(), 0.0
@@ -164,6 +168,9 @@ def train(
         opt.step()
         sched.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if checkpoints is not None and step % 250 == 249:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), checkpoints / f"step-{step + 1}.pt")
         if step % 50 == 0 or step == steps - 1:
             print(
                 f"artifact-cnn step {step}/{steps} loss {running:.4f} ({time.time() - t0:.0f} s)",

@@ -293,7 +293,7 @@ def main() -> int:
         help="what to do: focus, artifact-cnn (the shipped artifact model; needs torch, the "
         "train extra), artifact (the old per-pixel MLP head), stain, calibrate",
     )
-    ap.add_argument("--cnn-steps", type=int, default=450, help="artifact-cnn training steps")
+    ap.add_argument("--cnn-steps", type=int, default=6000, help="artifact-cnn training steps")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     specs = kit_specs(args.slides, args.seed_base)
@@ -325,7 +325,13 @@ def main() -> int:
         labels = [
             labels_from_masks({k[5:]: s[k] for k in s if k.startswith("mask_")}) for s in samples
         ]
-        net = cnn.train(samples, labels, args.seed_base, steps=args.cnn_steps)
+        net = cnn.train(
+            samples,
+            labels,
+            args.seed_base,
+            steps=args.cnn_steps,
+            checkpoints=args.cache / "artifact-cnn",
+        )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
         x, y = stain_patches(samples, args.seed_base)
