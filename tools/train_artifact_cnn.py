@@ -141,7 +141,7 @@ def train(
     samples: list[dict[str, Any]],
     labels: list[npt.NDArray],
     seed: int,
-    steps: int = 6000,
+    steps: int = 9000,
     batch: int = 8,
     width: int = 16,
     threads: int = 1,
@@ -157,7 +157,7 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     # Artifacts weigh a little more than glass and tissue; the cut-offs are calibrated anyway.
-    weight = torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 1.5, 1.5])
+    weight = torch.tensor([1.0, 1.0, 2.0, 4.0, 3.0, 1.5, 1.5])
     inner = slice(MARGIN, WINDOW - MARGIN)
     net.train()
     t0, running = time.time(), 0.0

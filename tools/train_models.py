@@ -293,7 +293,7 @@ def main() -> int:
         help="what to do: focus, artifact-cnn (the shipped artifact model; needs torch, the "
         "train extra), artifact (the old per-pixel MLP head), stain, calibrate",
     )
-    ap.add_argument("--cnn-steps", type=int, default=6000, help="artifact-cnn training steps")
+    ap.add_argument("--cnn-steps", type=int, default=9000, help="artifact-cnn training steps")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     specs = kit_specs(args.slides, args.seed_base)
