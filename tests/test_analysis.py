@@ -532,8 +532,10 @@ def fully_convolutional(path: Path) -> ort.InferenceSession:
 
 
 def test_dense_windows_leave_no_seams(artifact_runner: Runner) -> None:
-    """Window by window equals the whole mosaic at once wherever a window ran: every kept
-    pixel had its full context (the front end's widest pool is 63 px < 2 x MARGIN + 1)."""
+    """Window by window agrees with the whole mosaic at once wherever a window ran. The CNN
+    (artifact 2.0.0) sees further than MARGIN, so a kept pixel near a window's side lacks some
+    of the context it has in the whole mosaic; it was trained on exactly these windows
+    (loss on the centre only), and the two must still agree on most pixels."""
     _, path = shipped("artifact")
     inner = WINDOW - 2 * MARGIN
     mosaic = tissue(3 * inner + 37, 2 * inner + 51, seed=9)
@@ -550,10 +552,20 @@ def test_dense_windows_leave_no_seams(artifact_runner: Runner) -> None:
     padded = np.pad(
         mosaic, ((MARGIN, MARGIN + inner), (MARGIN, MARGIN + inner), (0, 0)), mode="edge"
     )
-    batch = padded.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    # The encoder strides to 1/16: the whole image in multiples of 16 (the windows' origins,
+    # multiples of inner = 176, are on that grid too).
+    hh, ww = padded.shape[0] // 16 * 16, padded.shape[1] // 16 * 16
+    batch = padded[:hh, :ww].transpose(2, 0, 1)[None].astype(np.float32) / 255
     whole = run_onnx(fully_convolutional(path), np.ascontiguousarray(batch))[0]
     whole = whole[:, MARGIN : MARGIN + h, MARGIN : MARGIN + w]
-    np.testing.assert_allclose(tiled[:, ran], whole[:, ran], atol=1e-3)  # float16 storage
+    same = tiled[:, ran].argmax(axis=0) == whole[:, ran].argmax(axis=0)
+
+    # Measured (artifact 2.0.0 on this synthetic mosaic, not a kit slide): 89% of pixels
+    # agree outright, mean difference 0.025; the rest flip between tissue, glass and "beyond
+    # a coverslip edge", the context a window's side cuts off (models/artifact/MODEL_CARD.md,
+    # Limits).
+    assert same.mean() > 0.85, same.mean()
+    assert np.abs(tiled[:, ran] - whole[:, ran]).mean() < 0.04
 
 
 # ---- qc: hand-made probability maps ----------------------------------------------------------

@@ -3,6 +3,11 @@
 
     .venv/bin/python tools/train_models.py [--slides 48] [--seed-base 1000] [--jobs 2]
                                            [--cache /tmp/edge-train] [--out models]
+                                           [--only focus,artifact-cnn,stain,calibrate]
+
+The artifact model is a convolutional network trained with PyTorch
+(tools/train_artifact_cnn.py): run that step from a venv with the `train` extra
+(pip install -e '.[train]'); the appliance itself only runs the exported ONNX.
 
 Then the per-class probability cut-offs are calibrated on 48 validation kit slides (seeds
 20000..20047, neither training nor evaluation) and written into the manifests.
@@ -282,7 +287,13 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/edge-train"))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "models")
-    ap.add_argument("--only", default="focus,artifact,stain,calibrate")
+    ap.add_argument(
+        "--only",
+        default="focus,artifact-cnn,stain,calibrate",
+        help="what to do: focus, artifact-cnn (the shipped artifact model; needs torch, the "
+        "train extra), artifact (the old per-pixel MLP head), stain, calibrate",
+    )
+    ap.add_argument("--cnn-steps", type=int, default=9000, help="artifact-cnn training steps")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     specs = kit_specs(args.slides, args.seed_base)
@@ -302,6 +313,26 @@ def main() -> int:
         x, y = with_hard_negatives(head, x, y, args.seed_base)
         head = standardised_mlp(x, y, (32, 32), args.seed_base)
         write_model(args.out, "artifact", head, args)
+    if "artifact-cnn" in only:
+        try:
+            import train_artifact_cnn as cnn
+        except ModuleNotFoundError as exc:
+            raise SystemExit(
+                f"artifact-cnn needs PyTorch ({exc}): pip install -e '.[train]' in a separate "
+                "venv, or leave it out with --only focus,stain,calibrate"
+            ) from exc
+
+        labels = [
+            labels_from_masks({k[5:]: s[k] for k in s if k.startswith("mask_")}) for s in samples
+        ]
+        net = cnn.train(
+            samples,
+            labels,
+            args.seed_base,
+            steps=args.cnn_steps,
+            checkpoints=args.cache / "artifact-cnn",
+        )
+        write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
         x, y = stain_patches(samples, args.seed_base)
         print(f"stain: {len(y)} patches, per class {np.bincount(y).tolist()}", flush=True)
@@ -354,18 +385,29 @@ MODEL_INFO = {
 }
 
 
-def write_model(out: Path, name: str, head: nets.Head, args: argparse.Namespace) -> None:
-    """models/<name>/model.onnx and manifest.toml (the card's numbers come from bench qc)."""
+# The artifact CNN (tools/train_artifact_cnn.py) keeps the artifact contract; what differs.
+CNN_INFO = {
+    "version": "2.0.0",
+    "description": "per-pixel class probabilities of a 256 px window at ~4 um/px (CNN)",
+}
+
+
+def write_model(out: Path, name: str, head: nets.Head | bytes, args: argparse.Namespace) -> None:
+    """models/<name>/model.onnx and manifest.toml (the card's numbers come from bench qc);
+    head: a trained MLP for nets.full, or a whole serialised ONNX model (the artifact CNN)."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
-    path.write_bytes(nets.full(name, head).SerializeToString())
+    path.write_bytes(head if isinstance(head, bytes) else nets.full(name, head).SerializeToString())
     info = MODEL_INFO[name]
+    if isinstance(head, bytes):
+        info = {**info, **CNN_INFO}
     shape = [-1, *nets.INPUT_SHAPES[name]]
     thresholds = "".join(f'"{k}" = {v}\n' for k, v in info["thresholds"].items())
     manifest = (
         f"# {info['description']}\n"
-        f"# Written by tools/train_models.py --slides {args.slides} --seed-base {args.seed_base}\n"
+        f"# Written by tools/train_models.py --slides {args.slides} --seed-base {args.seed_base}"
+        f"{' --cnn-steps ' + str(args.cnn_steps) if isinstance(head, bytes) else ''}\n"
         f'name = "{name}"\nversion = "{info["version"]}"\nfile = "model.onnx"\n'
         f'sha256 = "{sha256_file(path)}"\nkind = "{info["kind"]}"\n'
         f"max_batch = {info['max_batch']}\n"

@@ -10,7 +10,9 @@ of plain ONNX operators every backend supports (Conv, AveragePool, MaxPool, Log,
     artifact  (N, 3, 256, 256) RGB at ~4 µm/px -> (N, 7, 256, 256) class probabilities per
               pixel. Front end: optical density and its local means at 5 scales (up to 63 px,
               a quarter millimetre), local contrast at 3, chroma, darkest-in-neighbourhood,
-              ring contrasts (bubble rims); head: 1x1-conv MLP 25-32-32-7.
+              ring contrasts (bubble rims); head: 1x1-conv MLP 25-32-32-7. That is artifact
+              1.0.0; the shipped 2.0.0 keeps the same contract but is a small CNN trained
+              with PyTorch and exported to ONNX by tools/train_artifact_cnn.py (not built here).
     stain     (N, 3, 32, 32) RGB tissue patches from the mosaic -> (N, 3) probabilities of
               H&E, IHC (DAB), other. Front end: optical density statistics; head: MLP 12-16-3.
 

@@ -1,0 +1,246 @@
+"""The artifact model as a small convolutional encoder-decoder, trained with PyTorch on the CPU.
+
+    /work/train-venv/bin/python tools/train_models.py --slides 128 --only artifact-cnn,calibrate
+
+(called from tools/train_models.py; torch comes from the `train` extra: pip install -e '.[train]'.
+The appliance never imports torch: it runs the exported ONNX through ONNX Runtime.)
+
+Why a CNN: the per-pixel MLP on hand-made features confused folds with dense tissue, bubbles'
+pale interiors with pale stroma, and the edges of strokes: all questions of context. This net
+sees a ~285 px field (~1.1 mm at 4 µm/px) around each pixel, and runs in less time than
+the old model did (1.7 s vs 2.9 s on the 40k pace slide).
+
+Contract kept: input (N,3,256,256) RGB/255, output (N,7,256,256) softmax over
+nets.ARTIFACT_CLASSES; the loss is taken only on the window's centre (nets.ARTIFACT_MARGIN in
+from each side), the part edge.analysis.dense keeps. Plain ONNX ops only (Conv with folded
+BatchNorm, Relu, Add, Log, Resize, Softmax) so ORT, TensorRT and onnx2torch all load it.
+
+Deterministic: fixed seeds, fixed thread count, torch.use_deterministic_algorithms, and a
+fixed number of steps (not a time budget).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edge.analysis import nets
+
+WINDOW = nets.INPUT_SHAPES["artifact"][1]
+MARGIN = nets.ARTIFACT_MARGIN
+ARTIFACTS = ("pen", "fold", "bubble", "debris", "edge")
+
+
+def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ArtifactNet(nn.Module):
+    """RGB and optical density in; a 4x4 stride-4 stem (tile decisions need no finer than
+    4 px: a 256 px level-0 tile is 8-16 mosaic px), an encoder to 1/16 with dilated
+    convolutions (context: ~0.5 mm each side), a decoder back to 1/4 with additive skips,
+    and the logits resized to full resolution."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = 2 * width, 3 * width, 4 * width, 4 * width
+        self.stem = nn.Sequential(
+            nn.Conv2d(6, c1, 4, 4, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
+        )
+        self.e1 = block(c1, c1)  # 1/4
+        self.e2 = nn.Sequential(block(c1, c2, 2), block(c2, c2, dilation=2))  # 1/8
+        self.e3 = nn.Sequential(  # 1/16
+            block(c2, c3, 2), block(c3, c3, dilation=2), block(c3, c4, dilation=4)
+        )
+        self.p3 = nn.Conv2d(c4, c2, 1)
+        self.d2 = block(c2, c2)
+        self.p2 = nn.Conv2d(c2, c1, 1)
+        self.d1 = block(c1, c1)
+        self.out = nn.Conv2d(c1, len(nets.ARTIFACT_CLASSES), 1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Optical density: stain amounts add up linearly in it (what the old features used).
+        x = torch.cat([x, torch.log(x + 1.0 / 255.0)], dim=1)
+        e1 = self.e1(self.stem(x))
+        e2 = self.e2(e1)
+        e3 = self.e3(e2)
+        up2 = lambda t: F.interpolate(t, scale_factor=2.0, mode="bilinear", align_corners=False)  # noqa: E731
+        d2 = self.d2(up2(self.p3(e3)) + e2)
+        d1 = self.d1(up2(self.p2(d2)) + e1)
+        return F.interpolate(self.out(d1), scale_factor=4.0, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
+
+
+class Windows:
+    """Training windows drawn from kit mosaics: half centred near an artifact pixel (classes
+    in turn, so rare kinds get as many windows as common ones), half anywhere on tissue."""
+
+    def __init__(self, samples: list[dict[str, Any]], labels: list[npt.NDArray], seed: int):
+        self.g = np.random.default_rng(seed)
+        self.images = [
+            np.pad(s["mosaic"], ((WINDOW, WINDOW), (WINDOW, WINDOW), (0, 0)), mode="edge")
+            for s in samples
+        ]
+        self.labels = [np.pad(y, WINDOW, mode="edge") for y in labels]
+        self.anchors: dict[int, list[tuple[int, npt.NDArray]]] = {}
+        for cls in range(len(nets.ARTIFACT_CLASSES)):
+            spots = []
+            for i, y in enumerate(labels):
+                yy, xx = np.nonzero(y == cls)
+                if len(yy):
+                    pick = self.g.choice(len(yy), size=min(4000, len(yy)), replace=False)
+                    spots.append((i, np.stack([yy[pick], xx[pick]], 1)))
+            self.anchors[cls] = spots
+        self.kinds = [nets.ARTIFACT_CLASSES.index(k) for k in ARTIFACTS if self.anchors[
+            nets.ARTIFACT_CLASSES.index(k)]]  # fmt: skip
+        self.turn = 0
+
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for j in range(n):
+            if j % 2 == 0:
+                cls = self.kinds[self.turn % len(self.kinds)]
+                self.turn += 1
+            else:
+                cls = nets.ARTIFACT_CLASSES.index("tissue")
+            spots = self.anchors[cls]
+            i, pts = spots[int(self.g.integers(len(spots)))]
+            cy, cx = pts[int(self.g.integers(len(pts)))]
+            # The anchor anywhere in the scored centre, not always in the middle.
+            half = (WINDOW - 2 * MARGIN) // 2
+            y0 = int(cy + WINDOW - WINDOW // 2 + self.g.integers(-half, half + 1))
+            x0 = int(cx + WINDOW - WINDOW // 2 + self.g.integers(-half, half + 1))
+            img = self.images[i][y0 : y0 + WINDOW, x0 : x0 + WINDOW]
+            lab = self.labels[i][y0 : y0 + WINDOW, x0 : x0 + WINDOW]
+            k = int(self.g.integers(8))  # the 8 flips and quarter turns: slides have no "up"
+            if k & 4:
+                img, lab = img[:, ::-1], lab[:, ::-1]
+            img, lab = np.rot90(img, k & 3), np.rot90(lab, k & 3)
+            xs.append(img.transpose(2, 0, 1))
+            ys.append(lab)
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(xs), np.float32) / 255.0)
+        y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)))
+        return x, y
+
+
+def train(
+    samples: list[dict[str, Any]],
+    labels: list[npt.NDArray],
+    seed: int,
+    steps: int = 9000,
+    batch: int = 8,
+    width: int = 16,
+    threads: int = 1,
+    checkpoints: Path | None = None,
+) -> ArtifactNet:
+    """checkpoints: a folder for the weights every 250 steps (a long run on a busy machine
+    can then be looked at before it ends; the result does not depend on it)."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    data = Windows(samples, labels, seed)
+    net = ArtifactNet(width)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    # Artifacts weigh a little more than glass and tissue; the cut-offs are calibrated anyway.
+    weight = torch.tensor([1.0, 1.0, 2.0, 4.0, 3.0, 1.5, 1.5])
+    inner = slice(MARGIN, WINDOW - MARGIN)
+    net.train()
+    t0, running = time.time(), 0.0
+    for step in range(steps):
+        x, y = data.draw(batch)
+        loss = F.cross_entropy(net.logits(x)[:, :, inner, inner], y[:, inner, inner], weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if checkpoints is not None and step % 250 == 249:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), checkpoints / f"step-{step + 1}.pt")
+        if step % 50 == 0 or step == steps - 1:
+            print(
+                f"artifact-cnn step {step}/{steps} loss {running:.4f} ({time.time() - t0:.0f} s)",
+                flush=True,
+            )
+    net.eval()
+    return net
+
+
+def _initializers_only(model: Any) -> Any:
+    """Constant nodes (and Identity copies of weights, which the exporter emits when two folded
+    tensors are equal) become plain initializers: onnx2torch (the torch-cuda backend) and
+    some TensorRT parsers look a convolution's weights up among the initializers only."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    known = {t.name for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].t:
+            value = numpy_helper.to_array(node.attribute[0].t)
+            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+            known.add(node.output[0])
+        elif node.op_type == "Identity" and node.input[0] in known:
+            src = next(t for t in graph.initializer if t.name == node.input[0])
+            copy = numpy_helper.from_array(numpy_helper.to_array(src), node.output[0])
+            graph.initializer.append(copy)
+            known.add(node.output[0])
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return model
+
+
+def export(net: ArtifactNet) -> bytes:
+    """ONNX (opset 17, BatchNorm folded into the convolutions, dynamic batch), checked against
+    torch on random and on real-looking input."""
+    import onnx
+    import onnxruntime as ort
+
+    net.eval()
+    buf = io.BytesIO()
+    dummy = torch.rand(1, *nets.INPUT_SHAPES["artifact"])
+    torch.onnx.export(
+        net,
+        (dummy,),
+        buf,
+        opset_version=nets.OPSET,
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    model = _initializers_only(onnx.load_from_string(buf.getvalue()))
+    model.ir_version = 8  # as nets.py: readable by every ORT and TensorRT release in reach
+    model.producer_name = "edge tools/train_artifact_cnn.py"
+    model.producer_version = ""  # the torch version must not change the bytes
+    onnx.checker.check_model(model)
+    ops = sorted({n.op_type for n in model.graph.node})
+    assert "BatchNormalization" not in ops, ops
+    data = model.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = torch.rand(4, *nets.INPUT_SHAPES["artifact"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    diff = float(np.abs(got - want).max())
+    print(f"artifact-cnn: ONNX ops {ops}; ORT vs torch max abs diff {diff:.2e}", flush=True)
+    assert diff < 1e-4, diff
+    return data
