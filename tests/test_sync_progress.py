@@ -12,7 +12,6 @@ from edge.config import Destination
 from edge.forward.protocol import Outcome, Verdict
 from edge.outbox import Outbox
 from edge.outbox.schema import DATABASE
-from edge.slide.synthetic import write_slide
 from edge.sync.plan import prepare_for
 from tests.helpers import run_edge
 
@@ -22,7 +21,11 @@ CAP = 120_000
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("progress")
-    svs = write_slide(root / "p.svs", 3000, 2200, "svs", seed=11)
+    # A kit slide with a planted pen stroke: QC finds a region, so the annotations exist too.
+    svs = root / "p.svs"
+    made = run_edge("synth", "-q", "--size", "3000x2200", "--artifacts", "pen", "--seed", "11",
+                    "-o", str(svs))  # fmt: skip
+    assert made.returncode == 0, made.stderr
     done = run_edge("convert", "-q", "--analyse", str(svs), "-o", str(root / "wsi"))
     assert done.returncode == 0, done.stderr
     slide = root / "wsi" / "p"
