@@ -46,7 +46,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "url": handle.url,
             "token": token,
             "home": home,
-            "app": handle.server.config.app,
+            "app": handle.served.server.config.app,
         }
     finally:
         handle.stop()
