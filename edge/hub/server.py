@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from edge import config as cfg
 from edge.errors import EdgeError
@@ -44,9 +43,6 @@ def serve(config: cfg.Config, listen: str | None = None) -> HubHandle:
     address = listen or hub.listen
     if not address:
         raise HubError("[hub] listen is not set: the hub has no address to receive on")
-    for name in (hub.tls_cert_file, hub.tls_key_file):
-        if name and not Path(name).is_file():
-            raise HubError(f"[hub] TLS file {name} does not exist")
     service = HubService(config)
     service.prepare()
     try:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -67,6 +68,9 @@ def serve_app(
 ) -> Served:
     """Bind `listen`, run `app` on a thread named `name`, return once it accepts requests.
     Failures raise `error` with messages naming the config `section` and `what` it is."""
+    for name in (tls_cert_file, tls_key_file):
+        if name and not Path(name).is_file():
+            raise error(f"{section} TLS file {name} does not exist")
     sock = bind(listen, section, error)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(

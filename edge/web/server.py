@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge import config as cfg
@@ -48,9 +47,6 @@ def serve(config: cfg.Config, health: Any = None, listen: str | None = None) -> 
     from edge.web.discovery import Discovery
 
     web = config.web
-    for name in (web.tls_cert_file, web.tls_key_file):
-        if name and not Path(name).is_file():
-            raise WebError(f"[web] TLS file {name} does not exist")
     app = create_app(config, health)
     discovery = Discovery(interval_s=web.discover_s) if web.discover_s > 0 else None
     app.state.discovery = discovery
