@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import openslide
 
+from edge.dicom import parts
 from edge.dicom.pyramid import halve
 
 Image = npt.NDArray[np.uint8]
@@ -82,3 +84,12 @@ def run_edge(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
         check=False,
         timeout=timeout,
     )
+
+
+def frames_of(path: Path) -> Iterator[bytes]:
+    """The encoded frames of a tiled DICOM file (a level or a concatenation part), in order."""
+    found = parts.scan(path)
+    with path.open("rb") as fh:
+        for offset, length in zip(found.offsets, found.lengths, strict=True):
+            fh.seek(offset)
+            yield fh.read(length)

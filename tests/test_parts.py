@@ -22,7 +22,7 @@ from edge.errors import InputError
 from edge.slide.synthetic import write_slide
 from edge.sync.plan import prepare_for
 from tests.conftest import dciodvfy_errors
-from tests.helpers import run_edge
+from tests.helpers import frames_of, run_edge
 from tests.orthanc import Orthanc, orthanc
 
 __all__ = ["orthanc"]  # fixtures used by name
@@ -63,11 +63,7 @@ def test_parts_within_cap_and_frames_byte_for_byte(slide: Path, split_level0: li
     whole = parts.scan(source)
     joined: list[bytes] = []
     for path in split_level0:
-        found = parts.scan(path)
-        with path.open("rb") as fh:
-            for offset, length in zip(found.offsets, found.lengths, strict=True):
-                fh.seek(offset)
-                joined.append(fh.read(length))
+        joined.extend(frames_of(path))
     with source.open("rb") as fh:
         original = []
         for offset, length in zip(whole.offsets, whole.lengths, strict=True):

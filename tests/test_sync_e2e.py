@@ -23,7 +23,7 @@ import pytest
 import wsidicom
 
 from edge.dicom import parts
-from tests.helpers import run_edge
+from tests.helpers import frames_of, run_edge
 from tests.orthanc import Orthanc, orthanc
 from tools.linksim import LinkSettings, LinkSim
 from tools.synclab import progressive, sop_uid
@@ -119,11 +119,8 @@ def _frames_digest(paths: list[Path]) -> str:
         paths, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InConcatenationNumber)
     )
     for path in ordered:
-        found = parts.scan(path)
-        with path.open("rb") as fh:
-            for offset, length in zip(found.offsets, found.lengths, strict=True):
-                fh.seek(offset)
-                h.update(fh.read(length))
+        for frame in frames_of(path):
+            h.update(frame)
     return h.hexdigest()
 
 
