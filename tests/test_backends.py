@@ -129,6 +129,15 @@ def test_batches_larger_than_max_batch_are_chunked(models_dir: Path) -> None:
     np.testing.assert_allclose(session.run(x), reference("tile", spec.path, x), atol=1e-5)
 
 
+def test_ort_cpu_threads_sleep_when_idle(models_dir: Path) -> None:
+    """The runtime's worker threads must not spin between runs: they would take the cores
+    the tile decoders and the sender need in the same process."""
+    session = OrtBackend("ort-cpu", threads=2).open(_spec(models_dir, "tile"))
+    options = session._session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_wrong_input_is_refused_naming_model_and_shape(models_dir: Path) -> None:
     session = OrtBackend("ort-cpu", threads=1).open(_spec(models_dir, "tile"))
     with pytest.raises(BatchError, match=r"model tile .*\(N, 3, 32, 32\).*\(2, 3, 16, 16\)"):
