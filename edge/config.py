@@ -1,7 +1,7 @@
 """Appliance configuration: one TOML file, frozen dataclasses, every setting documented.
 
 Each setting is a dataclass field with a default and a trailing comment that documents it;
-tools/config_reference.py turns those comments into docs/config.md (a test keeps the two in
+`python -m edge.config_doc` turns those comments into docs/config.md (a test keeps the two in
 step). Mistakes are reported with the file, the key and what was expected.
 """
 
@@ -83,10 +83,12 @@ class Ingest:
     """Where slides come from (`[ingest]`)."""
 
     watch: tuple[str, ...] = ()  # scanner output folders to watch (local or mounted)
-    settle_s: float = 10.0  # a slide is finished once its size and mtime stay still this long
+    settle_s: float = (
+        10.0  # finished once size and mtime stay still this long (unless ready_marker)
+    )
     poll_s: float = 2.0  # how often the folders are scanned (shares send no inotify events)
     extensions: tuple[str, ...] = (".svs", ".ndpi", ".tif", ".tiff", ".dcm")  # slide files
-    ready_marker: str = ""  # if set (e.g. ".done"), a slide waits until SLIDE + marker exists
+    ready_marker: str = ""  # if set (e.g. ".done"), a slide is taken once SLIDE + marker exists
     sidecar: bool = True  # take patient/order data from SLIDE.json beside the slide if present
     quarantine_dir: str = ""  # move unreadable slides here (default: leave them in place)
 

@@ -47,7 +47,7 @@ from edge.fileio import write_atomic
 from edge.forward import factory
 from edge.forward.worker import drain
 from edge.ingest.receiver import Receiver
-from edge.ingest.watch import Settler, scan
+from edge.ingest.watch import Settler, folder_settle_s, scan
 from edge.jobs import JobStore, job_counts
 from edge.outbox.queries import OutboxReader
 from edge.outbox.retry import CircuitBreaker, RetryPolicy
@@ -329,7 +329,11 @@ class Daemon:
         # Scanner folders and the receiver's spool settle at their own pace: a DICOM scanner
         # pauses between levels longer than a file copy pauses between blocks.
         sources = [
-            ([Path(p) for p in ingest.watch], Settler(ingest.settle_s), ingest.ready_marker),
+            (
+                [Path(p) for p in ingest.watch],
+                Settler(folder_settle_s(ingest)),
+                ingest.ready_marker,
+            ),
         ]
         if self.config.receiver.port:
             sources.append(([self.spool], Settler(self.config.receiver.settle_s), ""))

@@ -374,6 +374,27 @@ def test_inotify_sees_a_new_slide_long_before_the_next_poll(tmp_path: Path) -> N
         runner.join(60)
 
 
+def test_a_ready_marker_is_taken_at_once_and_an_unmarked_slide_waits(tmp_path: Path) -> None:
+    """A scanner that writes a marker has said the slide is finished: the hour-long settle
+    time configured here must not delay it, and a slide without its marker is not taken."""
+    base = _config(tmp_path, analyse=False)
+    config = dataclasses.replace(
+        base,
+        ingest=cfg.Ingest(
+            watch=base.ingest.watch, settle_s=3600.0, poll_s=0.2, ready_marker=".done"
+        ),
+    )
+    inbox = Path(config.ingest.watch[0])
+    inbox.mkdir(parents=True)
+    write_slide(inbox / "marked.svs", 1024, 768, "svs", seed=5)
+    (inbox / "marked.svs.done").write_text("")
+    write_slide(inbox / "unmarked.svs", 1024, 768, "svs", seed=6)
+    assert Daemon(config, once=True).run(timeout_s=90) == 0, "the marked slide waited"
+    with JobStore(config.state_dir / DATABASE) as jobs:
+        rows = {r["name"]: r["state"] for r in jobs.list()}
+    assert rows == {"marked.svs": "done"}
+
+
 def test_under_systemd_edge_run_notifies_ready_status_watchdog_and_stopping(
     tmp_path: Path,
 ) -> None:

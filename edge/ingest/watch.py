@@ -3,9 +3,10 @@
 A scanner writes a slide over seconds to minutes, sometimes through a temporary name, and a
 DICOM-native scanner writes a folder of instances. A slide counts as finished when its
 signature (size and mtime; for a DICOM folder, the count, sizes and newest mtime of its files)
-has not changed for `settle_s`, no vendor lock file sits beside it, and, if configured, its
-ready marker exists. Scanning is polling (it works on network shares, where inotify sees
-nothing); `wake()` lets an inotify watcher cut the wait on local folders.
+has not changed for `settle_s` and no vendor lock file sits beside it; or, where a ready
+marker is configured, as soon as its marker exists (the scanner has said so: settle_s is not
+waited on top). Scanning is polling (it works on network shares, where inotify sees nothing);
+`wake()` lets an inotify watcher cut the wait on local folders.
 
 `scan` and `Settler` are pure over what `os.scandir` reports, so tests drive them with real
 files and an explicit clock.
@@ -18,6 +19,8 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge.config import Ingest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,6 +123,12 @@ def _scan(
         found = _dicom_folder(folder)
         if found is not None and not _locked(folder):
             yield found
+
+
+def folder_settle_s(ingest: Ingest) -> float:
+    """How long a watched slide must stay still. With a ready marker the scanner says when a
+    slide is finished, so it is taken at once: waiting settle_s more would only delay it."""
+    return 0.0 if ingest.ready_marker else ingest.settle_s
 
 
 class Settler:
