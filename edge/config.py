@@ -83,9 +83,7 @@ class Ingest:
     """Where slides come from (`[ingest]`)."""
 
     watch: tuple[str, ...] = ()  # scanner output folders to watch (local or mounted)
-    settle_s: float = (
-        10.0  # finished once size and mtime stay still this long (unless ready_marker)
-    )
+    settle_s: float = 10.0  # finished once size and mtime stay still this long (no marker)
     poll_s: float = 2.0  # how often the folders are scanned (shares send no inotify events)
     extensions: tuple[str, ...] = (".svs", ".ndpi", ".tif", ".tiff", ".dcm")  # slide files
     ready_marker: str = ""  # if set (e.g. ".done"), a slide is taken once SLIDE + marker exists
