@@ -76,9 +76,14 @@ def convert_and_analyse(
         from edge.analysis.api import SlideAnalysis
 
         session = SlideAnalysis(analysis)
-    result = convert(
-        path, out_root, options, progress, consumers_for=session.consumers if session else None
-    )
+    try:
+        result = convert(
+            path, out_root, options, progress, consumers_for=session.consumers if session else None
+        )
+    except BaseException:
+        if session is not None:
+            session.close()  # its model thread waits for rows that will not come
+        raise
     if on_converted is not None and session is not None:
         on_converted(sorted(Path(result.output).glob("*.dcm")))
     report = None

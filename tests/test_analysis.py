@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.analysis import nets, qc
-from edge.analysis.dense import MARGIN, WINDOW, predict_dense
+from edge.analysis.api import analyse_path
+from edge.analysis.dense import INNER, MARGIN, WINDOW, DensePredictor, predict_dense
 from edge.analysis.registry import DEFAULT_MODELS_DIR
-from edge.analysis.run import priority, tissue_patches
+from edge.analysis.run import AnalysisOptions, priority, tissue_patches
 from edge.analysis.sampler import (
     MAX_MOSAIC_PIXELS,
     AnalysisSampler,
@@ -40,6 +42,8 @@ from edge.analysis.sampler import (
     reduced_tile,
     tissue_like,
 )
+from edge.convert import ConvertOptions
+from edge.pipeline import Stopping, convert_and_analyse
 from edge.slide.model import Codec, Level
 from edge.slide.open import open_slide
 from edge.slide.source import Frame, SlideSource
@@ -306,6 +310,55 @@ def test_sampler_on_a_slide_gives_its_mosaic_and_tissue_crops(synthetic_svs: Pat
     assert float(np.median(centre_dark)) < 225
 
 
+def test_rows_reported_final_never_change_afterwards(synthetic_svs: Path) -> None:
+    """The sampler says how many mosaic rows are final while the pass goes on (the artifact
+    model starts on them): those rows must already be what the finished mosaic holds."""
+    source: SlideSource = open_slide(synthetic_svs)
+    seen: list[tuple[int, U8]] = []
+    try:
+        level = source.levels[0]
+        g = Geometry.plan(level.width, level.height, 0.25)
+        low = low_mosaic(source, g)
+        sampler: AnalysisSampler
+
+        def final(rows: int) -> None:
+            seen.append((rows, sampler.rows(0, rows).copy()))
+
+        sampler = AnalysisSampler(g, lambda c, p: None, batch_size=16, low=low, on_rows=final)
+        stream_tiles(source, [sampler])
+    finally:
+        source.close()
+    counts = [n for n, _ in seen]
+    assert counts == sorted(counts) and counts[-1] == g.mosaic_shape[0]
+    assert len(set(counts)) > 3, "rows are reported during the pass, not only at its end"
+    image = sampler.image()
+    for n, rows in seen:
+        assert np.array_equal(rows, image[:n])
+
+
+def test_a_pass_that_fails_leaves_no_model_thread_behind(
+    synthetic_svs: Path, tmp_path: Path
+) -> None:
+    """The daemon stops or quarantines slides mid-pass; the slide's artifact-model thread,
+    waiting for rows that will not come, must end with it (or a long-running daemon would
+    collect one thread and its probability maps per failed slide)."""
+
+    def interrupted(done: int, total: int) -> None:
+        if done > 3:
+            raise Stopping(f"stopping after {done} of {total} tiles")
+
+    with pytest.raises(Stopping):
+        convert_and_analyse(
+            synthetic_svs, tmp_path, ConvertOptions(), AnalysisOptions(), interrupted
+        )
+    with pytest.raises(Stopping):
+        analyse_path(synthetic_svs, AnalysisOptions(), interrupted)
+    assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
+    result = analyse_path(synthetic_svs, AnalysisOptions())  # and the next slide still works
+    assert result.available and result.seconds["artifact_model"] >= 0
+    assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
+
+
 def test_low_level_picks_the_cheapest_level_on_whole_mosaic_cells() -> None:
     g = Geometry(40000, 30000, 0.25, 4, 16)
 
@@ -519,6 +572,26 @@ def test_dense_runs_only_windows_touching_tissue(artifact_runner: Runner) -> Non
     assert first[0, MARGIN + y0, MARGIN + x0 - 2 * inner] == pytest.approx(180 / 255)
     # the patch itself is not called glass
     assert out[0, y0 + 15, x0 + 20] < 0.5
+
+
+def test_dense_fed_rows_piecemeal_equals_the_whole_mosaic(artifact_runner: Runner) -> None:
+    """Rows arriving in uneven steps (as a pass delivers them) run the same windows on the
+    same pixels as the finished mosaic: the same result to the bit."""
+    mosaic = tissue(3 * INNER + 37, 2 * INNER + 51, seed=4)
+    whole = predict_dense(artifact_runner, mosaic, len(nets.ARTIFACT_CLASSES))
+    counting = Counting(artifact_runner)
+    piecemeal = DensePredictor(counting, mosaic.shape[:2], len(nets.ARTIFACT_CLASSES))
+    asked: list[int] = []
+
+    def rows(top: int, bottom: int) -> U8:
+        asked.append(bottom)
+        return mosaic[top:bottom]
+
+    for final in (0, 50, 217, 217, 300, 401, mosaic.shape[0]):
+        piecemeal.advance(final, rows)
+        assert all(b <= final for b in asked), "a row was read before it was final"
+    assert piecemeal.done and piecemeal.windows == len(counting.windows) > 0
+    assert np.array_equal(piecemeal.out, whole)
 
 
 def fully_convolutional(path: Path) -> ort.InferenceSession:

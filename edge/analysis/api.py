@@ -58,6 +58,14 @@ class SlideAnalysis:
         except EdgeError as exc:  # a model failing mid-slide: the slide is still converted
             LOGGER.warning("analysis failed: %s", exc)
             return unavailable(str(exc))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the slide's analysis threads; safe to call more than once, and needed when
+        the pass failed before `result`."""
+        if self._analyser is not None:
+            self._analyser.close()
 
 
 def analyse_file(
@@ -93,6 +101,9 @@ def analyse_path(
                     progress(done, total)
 
             stream_tiles(_Level0(source), consumers, tick)
+    except BaseException:
+        analysis.close()
+        raise
     finally:
         source.close()
     return analysis.result()

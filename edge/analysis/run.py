@@ -13,8 +13,12 @@ the conversion goes on: a slide is never lost because its QC could not run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,9 @@ from scipy import ndimage
 from edge.analysis import nets, qc, registry
 from edge.analysis.backends.base import Session
 from edge.analysis.backends.select import DEFAULT_CACHE_DIR, open_session
-from edge.analysis.dense import predict_dense
+from edge.analysis.dense import DensePredictor
 from edge.analysis.sampler import (
+    GLASS_SPREAD,
     AnalysisSampler,
     FocusCrop,
     FocusGrid,
@@ -80,6 +85,78 @@ class AnalysisResult:
     mosaic: npt.NDArray[np.uint8] | None = None
 
 
+class _DenseWorker:
+    """The artifact model on its own thread during the read pass: each time the sampler
+    reports more final mosaic rows, the windows over them run (the runtime releases the
+    GIL, so this overlaps the decoding). `finish` waits for the rest."""
+
+    def __init__(self, predictor: DensePredictor) -> None:
+        self.predictor = predictor
+        self.seconds = 0.0  # time spent running windows
+        self._final: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, rows: Callable[[int, int], npt.NDArray[np.uint8]]) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, args=(rows,), name="edge-artifact", daemon=True
+        )
+        self._thread.start()
+
+    def rows_final(self, rows: int) -> None:
+        self._final.put(rows)
+
+    def _loop(self, rows: Callable[[int, int], npt.NDArray[np.uint8]]) -> None:
+        while True:
+            final = self._final.get()
+            if final < 0:
+                return
+            if self._error is not None:
+                continue  # keep draining: finish() reports the error
+            while True:  # only the latest count matters
+                try:
+                    newer = self._final.get_nowait()
+                except queue.Empty:
+                    break
+                if newer < 0:
+                    self._final.put(newer)
+                    break
+                final = max(final, newer)
+            t = time.monotonic()
+            try:
+                self.predictor.advance(final, rows)
+            except BaseException as exc:  # re-raised on the caller's thread
+                self._error = exc
+            self.seconds += time.monotonic() - t
+
+    def stop(self) -> None:
+        """End the thread (idempotent): after `finish`, or when the pass failed."""
+        if self._thread is not None:
+            self._final.put(-1)
+            self._thread.join()
+            self._thread = None
+
+    def finish(
+        self, rows: Callable[[int, int], npt.NDArray[np.uint8]], restart: bool
+    ) -> npt.NDArray[np.float16]:
+        """The whole map; with `restart`, computed afresh from the finished mosaic."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        predictor = self.predictor
+        if restart:
+            predictor = DensePredictor(
+                predictor.run,
+                (predictor.height, predictor.width),
+                predictor.out.shape[0],
+                busy=predictor.busy,
+            )
+        t = time.monotonic()
+        predictor.advance(predictor.height, rows)
+        self.seconds += time.monotonic() - t
+        return predictor.out
+
+
 class QcUnavailable(EdgeError):
     """Analysis cannot run for this slide or on this box; the reason is for the technician."""
 
@@ -95,6 +172,7 @@ class Analyser:
         self._focus: FocusGrid | None = None
         self._focus_seconds = 0.0
         self._started = 0.0
+        self._dense: _DenseWorker | None = None
         self.site: dict[str, tuple[Any, Session]] = {}
         self.site_errors: dict[str, str] = {}
 
@@ -170,9 +248,29 @@ class Analyser:
                 LOGGER.warning(
                     "%s: lower level unreadable, decoding every tile: %s", source.path.name, exc
                 )
-        self._sampler = AnalysisSampler(geometry, self._score_focus, focus_spec.max_batch, low=low)
+        self._dense = _DenseWorker(
+            DensePredictor(
+                self.sessions["artifact"].run,
+                geometry.mosaic_shape,
+                len(nets.ARTIFACT_CLASSES),
+                busy=functools.partial(tissue_like, spread=GLASS_SPREAD),
+            )
+        )
+        self._sampler = AnalysisSampler(
+            geometry,
+            self._score_focus,
+            focus_spec.max_batch,
+            low=low,
+            on_rows=self._dense.rows_final,
+        )
+        self._dense.start(self._sampler.rows)
         self._started = time.monotonic()
         return self._sampler
+
+    def close(self) -> None:
+        """Stop the slide's model thread (a pass that failed never reaches `finish`)."""
+        if self._dense is not None:
+            self._dense.stop()
 
     def _score_focus(self, crops: list[FocusCrop], grey: npt.NDArray[np.uint8]) -> None:
         assert self._focus is not None
@@ -185,16 +283,16 @@ class Analyser:
 
     def finish(self) -> AnalysisResult:
         """Tissue, artifacts, stain and the verdict, after the pass has ended."""
-        assert self._sampler is not None and self._focus is not None
+        assert self._sampler is not None and self._focus is not None and self._dense is not None
         sampler, geometry = self._sampler, self._sampler.geometry
         pass_seconds = time.monotonic() - self._started
         t = time.monotonic()
+        # The model has been working on final rows during the pass; it finishes the rest
+        # now (all of it when the source's tiles did not come row by row).
+        art = self._dense.finish(sampler.rows, restart=not sampler.rows_in_order)
         mosaic = sampler.image()
         sampler.mosaic.release()
-        faint = tissue_like(mosaic, spread=10)  # anything stained at all (a superset)
-        art = predict_dense(
-            self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES), busy=faint
-        )
+        faint = tissue_like(mosaic, spread=GLASS_SPREAD)  # anything stained at all
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
@@ -235,7 +333,8 @@ class Analyser:
             seconds={
                 "pass": round(pass_seconds, 3),
                 "focus_model": round(self._focus_seconds, 3),
-                "artifact_model": round(dense_seconds, 3),
+                "artifact_model": round(self._dense.seconds, 3),
+                "artifact_after_pass": round(dense_seconds, 3),
                 "total_after_pass": round(time.monotonic() - t, 3),
             },
             crops_scored=sampler.crops_scored,
