@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.analysis import nets, qc
+from edge.analysis import run as run_module
 from edge.analysis.api import analyse_path
 from edge.analysis.dense import INNER, MARGIN, WINDOW, DensePredictor, predict_dense
 from edge.analysis.registry import DEFAULT_MODELS_DIR
@@ -357,6 +358,21 @@ def test_a_pass_that_fails_leaves_no_model_thread_behind(
     result = analyse_path(synthetic_svs, AnalysisOptions())  # and the next slide still works
     assert result.available and result.seconds["artifact_model"] >= 0
     assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
+
+
+def test_model_during_the_pass_and_after_it_give_the_same_maps(
+    synthetic_svs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small mosaics get the artifact model during the pass, huge ones after it (memory):
+    the maps and the verdict must not depend on which."""
+    during = analyse_path(synthetic_svs, AnalysisOptions())
+    monkeypatch.setattr(run_module, "STREAM_MAX_MOSAIC_PIXELS", 0)
+    after = analyse_path(synthetic_svs, AnalysisOptions())
+    assert during.available and after.available
+    assert during.maps.keys() == after.maps.keys()
+    for kind, values in during.maps.items():
+        assert np.array_equal(values, after.maps[kind]), kind
+    assert (during.verdict, during.reasons) == (after.verdict, after.reasons)
 
 
 def test_low_level_picks_the_cheapest_level_on_whole_mosaic_cells() -> None:

@@ -47,6 +47,9 @@ from edge.slide.source import SlideSource
 LOGGER = logging.getLogger(__name__)
 ASSUMED_MPP = 0.25
 STAIN_PATCHES = 32
+# The artifact model runs during the pass up to this mosaic size (maps 14 bytes a pixel
+# beside the mosaic's sums: 117 MB at the limit; a 40k x 40k slide at 0.25 µm/px is 6.25 MP).
+STREAM_MAX_MOSAIC_PIXELS = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -136,25 +139,15 @@ class _DenseWorker:
             self._thread.join()
             self._thread = None
 
-    def finish(
-        self, rows: Callable[[int, int], npt.NDArray[np.uint8]], restart: bool
-    ) -> npt.NDArray[np.float16]:
-        """The whole map; with `restart`, computed afresh from the finished mosaic."""
+    def finish(self, rows: Callable[[int, int], npt.NDArray[np.uint8]]) -> npt.NDArray[np.float16]:
+        """The whole map: the rows the pass left, run now."""
         self.stop()
         if self._error is not None:
             raise self._error
-        predictor = self.predictor
-        if restart:
-            predictor = DensePredictor(
-                predictor.run,
-                (predictor.height, predictor.width),
-                predictor.out.shape[0],
-                busy=predictor.busy,
-            )
         t = time.monotonic()
-        predictor.advance(predictor.height, rows)
+        self.predictor.advance(self.predictor.height, rows)
         self.seconds += time.monotonic() - t
-        return predictor.out
+        return self.predictor.out
 
 
 class QcUnavailable(EdgeError):
@@ -248,24 +241,31 @@ class Analyser:
                 LOGGER.warning(
                     "%s: lower level unreadable, decoding every tile: %s", source.path.name, exc
                 )
-        self._dense = _DenseWorker(
-            DensePredictor(
-                self.sessions["artifact"].run,
-                geometry.mosaic_shape,
-                len(nets.ARTIFACT_CLASSES),
-                busy=functools.partial(tissue_like, spread=GLASS_SPREAD),
-            )
+        # During the pass the model's maps and the mosaic's sums are both in memory: done
+        # only where the two are small, a huge slide's model runs after the sums are freed.
+        mh, mw = geometry.mosaic_shape
+        self._dense = (
+            _DenseWorker(self._predictor(geometry)) if mh * mw <= STREAM_MAX_MOSAIC_PIXELS else None
         )
         self._sampler = AnalysisSampler(
             geometry,
             self._score_focus,
             focus_spec.max_batch,
             low=low,
-            on_rows=self._dense.rows_final,
+            on_rows=self._dense.rows_final if self._dense is not None else None,
         )
-        self._dense.start(self._sampler.rows)
+        if self._dense is not None:
+            self._dense.start(self._sampler.rows)
         self._started = time.monotonic()
         return self._sampler
+
+    def _predictor(self, geometry: Geometry) -> DensePredictor:
+        return DensePredictor(
+            self.sessions["artifact"].run,
+            geometry.mosaic_shape,
+            len(nets.ARTIFACT_CLASSES),
+            busy=functools.partial(tissue_like, spread=GLASS_SPREAD),
+        )
 
     def close(self) -> None:
         """Stop the slide's model thread (a pass that failed never reaches `finish`)."""
@@ -283,15 +283,24 @@ class Analyser:
 
     def finish(self) -> AnalysisResult:
         """Tissue, artifacts, stain and the verdict, after the pass has ended."""
-        assert self._sampler is not None and self._focus is not None and self._dense is not None
+        assert self._sampler is not None and self._focus is not None
         sampler, geometry = self._sampler, self._sampler.geometry
         pass_seconds = time.monotonic() - self._started
         t = time.monotonic()
-        # The model has been working on final rows during the pass; it finishes the rest
-        # now (all of it when the source's tiles did not come row by row).
-        art = self._dense.finish(sampler.rows, restart=not sampler.rows_in_order)
-        mosaic = sampler.image()
-        sampler.mosaic.release()
+        if self._dense is not None and sampler.rows_in_order:
+            # The model has worked on final rows during the pass; the rest run now.
+            art = self._dense.finish(sampler.rows)
+            model_seconds = self._dense.seconds
+            mosaic = sampler.image()
+            sampler.mosaic.release()
+        else:  # a huge mosaic, or tiles that did not come row by row: all of it now
+            self.close()
+            mosaic = sampler.image()
+            sampler.mosaic.release()
+            predictor = self._predictor(geometry)
+            predictor.advance(predictor.height, lambda top, bottom: mosaic[top:bottom])
+            art = predictor.out
+            model_seconds = time.monotonic() - t
         faint = tissue_like(mosaic, spread=GLASS_SPREAD)  # anything stained at all
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
@@ -333,7 +342,7 @@ class Analyser:
             seconds={
                 "pass": round(pass_seconds, 3),
                 "focus_model": round(self._focus_seconds, 3),
-                "artifact_model": round(self._dense.seconds, 3),
+                "artifact_model": round(model_seconds, 3),
                 "artifact_after_pass": round(dense_seconds, 3),
                 "total_after_pass": round(time.monotonic() - t, 3),
             },
