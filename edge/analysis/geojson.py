@@ -126,9 +126,13 @@ def mask_polygons(mask: npt.NDArray[np.bool_], downsample: int) -> list[Polygon]
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    w = m.shape[1]
-    if not m.any():
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if not len(rows):
         return []
+    # Only the box around the regions is traced (artifacts cover a sliver of a slide).
+    y0, x0 = int(rows[0]), int(cols[0])
+    m = m[y0 : int(rows[-1]) + 1, x0 : int(cols[-1]) + 1]
+    w = m.shape[1]
     p = np.pad(m, 1)
     stride = w + 1  # corner (x, y) has key y * stride + x
 
@@ -196,7 +200,10 @@ def mask_polygons(mask: npt.NDArray[np.bool_], downsample: int) -> list[Polygon]
         label = labels_list[a]
         loops = _split_pinches(ring_keys) if ring_pinches[k] > 1 else [ring_keys]
         for loop in loops:
-            pts = [((key % stride) * downsample, (key // stride) * downsample) for key in loop]
+            pts = [
+                ((key % stride + x0) * downsample, (key // stride + y0) * downsample)
+                for key in loop
+            ]
             pts.append(pts[0])
             if _signed_area2(pts) > 0:
                 exteriors[label] = pts
