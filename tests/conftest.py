@@ -30,6 +30,25 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once on a build disk past the daemon's high-water mark: the daemon tests'
+    appliances would (rightly) pause ingest and each wait out its timeout instead."""
+    import tempfile
+
+    from edge.config import Storage
+    from edge.system.disk import usage
+
+    folder = tempfile.gettempdir()
+    used = usage(folder).used_fraction
+    if used >= Storage().high_water - 0.01:
+        pytest.exit(
+            f"{folder} is {used:.0%} full: the daemon pauses ingest at "
+            f"{Storage().high_water:.0%} ([storage] high_water), so the daemon tests would "
+            "hang until their timeouts. Free some space and run the tests again.",
+            returncode=2,
+        )
+
+
 def real_data_dir() -> Path:
     return Path(os.environ.get("EDGE_TEST_DATA", REPO.parent / "shared" / "data" / "real"))
 
