@@ -203,10 +203,11 @@ class MosaicAccumulator:
         """Mosaic rows [top, bottom) as `image` makes them (`under`: the whole mosaic's)."""
         counts = self._count[top:bottom]
         count = np.maximum(counts, 1)[:, :, None]
-        out = (self._sum[top:bottom] + count // 2) // count
-        empty = counts == 0
-        out[empty] = fill if under is None else under[top:bottom][empty]
-        image: npt.NDArray[np.uint8] = out.astype(np.uint8)
+        means = self._sum[top:bottom] + count // 2  # rounded, in place from here on
+        means //= count
+        image: npt.NDArray[np.uint8] = means.astype(np.uint8)
+        empty = (counts == 0)[:, :, None]
+        np.copyto(image, np.uint8(fill) if under is None else under[top:bottom], where=empty)
         return image
 
     def release(self) -> None:
