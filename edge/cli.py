@@ -169,6 +169,7 @@ def _analysis_settings(args: argparse.Namespace) -> Any:
         thresholds=Thresholds.from_config(section),
         threads=section.threads or None,
         mpp=args.mpp,
+        lower_level=section.lower_level,
     )
     if models is not None:
         options = dataclasses.replace(options, models_dir=models)

@@ -69,6 +69,7 @@ class Analysis:
     models_dir: str = ""  # folder of the QC models (default: the shipped models/)
     engine_cache_dir: str = ""  # TensorRT engines (default: <state_dir>/engines)
     threads: int = 0  # CPU inference threads (0: one per core)
+    lower_level: bool = False  # read the scanner's own ~1 µm/px level, not level 0 (faster)
     blur_rescan: float = 0.10  # rescan when at least this much tissue is out of focus
     pen_rescan: float = 0.05  # rescan when at least this much tissue is under pen marks
     fold_rescan: float = 0.05  # rescan when at least this much tissue is folded

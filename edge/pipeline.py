@@ -40,6 +40,7 @@ def analysis_options(config: cfg.Config) -> Any:
         backend=section.backend,
         thresholds=Thresholds.from_config(section),
         threads=section.threads or None,
+        lower_level=section.lower_level,
         cache_dir=Path(section.engine_cache_dir or config.state_dir / "engines"),
     )
     if section.models_dir:

@@ -28,7 +28,7 @@ from edge.analysis import run as run_module
 from edge.analysis.api import analyse_path
 from edge.analysis.dense import INNER, MARGIN, WINDOW, DensePredictor, predict_dense
 from edge.analysis.registry import DEFAULT_MODELS_DIR
-from edge.analysis.run import AnalysisOptions, priority, tissue_patches
+from edge.analysis.run import AnalysisOptions, AnalysisResult, priority, tissue_patches
 from edge.analysis.sampler import (
     MAX_MOSAIC_PIXELS,
     AnalysisSampler,
@@ -37,6 +37,7 @@ from edge.analysis.sampler import (
     Geometry,
     MosaicAccumulator,
     _cuts,
+    focus_level,
     glass_gate,
     low_level,
     low_mosaic,
@@ -390,6 +391,42 @@ def test_low_level_picks_the_cheapest_level_on_whole_mosaic_cells() -> None:
     assert low_level((lvl(0, 1), lvl(1, 4, w=5000)), g) is None  # a cropped level
     assert low_level((lvl(0, 1), lvl(1, 3)), g) is None  # 3 does not divide 16
     assert low_level((lvl(0, 1),), g) is None
+
+
+def test_focus_level_is_the_sources_own_level_at_the_focus_resolution() -> None:
+    g = Geometry(40000, 30000, 0.25, 4, 16)
+
+    def lvl(i: int, d: float, w: int | None = None, samples: int = 3) -> Level:
+        return Level(i, w or math.ceil(40000 / d), math.ceil(30000 / d), 256, 256,
+                     Codec.JPEG, samples=samples, downsample=d)  # fmt: skip
+
+    assert focus_level((lvl(0, 1), lvl(1, 4), lvl(2, 16)), g) == (lvl(1, 4), 4)
+    assert focus_level((lvl(0, 1), lvl(1, 4.0003)), g) is not None  # SVS rounding
+    assert focus_level((lvl(0, 1), lvl(1, 2), lvl(2, 8)), g) is None  # no 1 µm/px level
+    assert focus_level((lvl(0, 1), lvl(1, 4, w=5000)), g) is None  # a cropped level
+    assert focus_level((lvl(0, 1), lvl(1, 4, samples=1)), g) is None  # not RGB
+
+
+def blur_by_crop(result: AnalysisResult) -> dict[tuple[int, int], float]:
+    """P(out of focus) per focus crop origin."""
+    return {(crop.x, crop.y): p for crop, p in result.focus_scores}
+
+
+def test_reading_the_lower_level_judges_the_same_places(synthetic_svs: Path) -> None:
+    """With `lower_level` the analysis decodes the scanner's own 1 µm/px level (1/16 of the
+    entropy decoding): the same focus crops, the same mosaic up to the level's JPEG noise, and
+    the same verdict as from level 0."""
+    full = analyse_path(synthetic_svs, AnalysisOptions())
+    lower = analyse_path(synthetic_svs, AnalysisOptions(lower_level=True))
+    assert full.tiles["level"] == 0 and lower.tiles["level"] == 1
+    assert lower.tiles["decoded"] * 16 <= full.tiles["decoded"] + 16 * 2 * 8  # edge tiles
+    crops_full, crops_lower = blur_by_crop(full), blur_by_crop(lower)
+    # The same crop grid; a crop just at the 25 %-tissue line may flip with the JPEG noise.
+    assert len(crops_full.keys() ^ crops_lower.keys()) <= max(1, len(crops_full) // 100)
+    assert psnr(lower.mosaic, full.mosaic) >= 35
+    both = crops_full.keys() & crops_lower.keys()
+    assert float(np.mean([abs(crops_full[k] - crops_lower[k]) for k in both])) < 0.05
+    assert (lower.verdict, len(lower.reasons)) == (full.verdict, len(full.reasons))
 
 
 def test_glass_gate_covers_stain_and_a_margin_and_nothing_else() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from edge.analysis.outputs import write_outputs
 from edge.analysis.run import Analyser, AnalysisOptions, AnalysisResult, QcUnavailable
 from edge.errors import EdgeError
+from edge.slide.model import Level
 from edge.slide.open import open_slide
 from edge.slide.source import SlideSource
 from edge.slide.stream import TileConsumer, stream_tiles
@@ -39,6 +40,12 @@ class SlideAnalysis:
             self._analyser = Analyser.create(options)
         except QcUnavailable as exc:
             self._reason = str(exc)
+
+    @property
+    def level(self) -> int:
+        """The level the analysis reads (after `consumers`): 0, or a lower one."""
+        sampler = self._analyser._sampler if self._analyser is not None else None
+        return sampler.level_index if sampler is not None else 0
 
     def consumers(self, source: SlideSource) -> tuple[TileConsumer, ...]:
         if self._analyser is None:
@@ -84,13 +91,13 @@ def analyse_path(
     options: AnalysisOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AnalysisResult:
-    """The analysis of one slide, reading only its level 0."""
+    """The analysis of one slide, reading only the level it analyses."""
     analysis = SlideAnalysis(options or AnalysisOptions())
     source = open_slide(path)
     try:
         consumers = analysis.consumers(source)
         if consumers:
-            level = source.levels[0]
+            level = source.levels[analysis.level]
             total = level.frame_count
             done = 0
 
@@ -100,7 +107,7 @@ def analyse_path(
                 if progress is not None:
                     progress(done, total)
 
-            stream_tiles(_Level0(source), consumers, tick)
+            stream_tiles(_OneLevel(source, level), consumers, tick)
     except BaseException:
         analysis.close()
         raise
@@ -109,14 +116,14 @@ def analyse_path(
     return analysis.result()
 
 
-class _Level0:
-    """A view of a source with only its level 0: analysing alone reads nothing else."""
+class _OneLevel:
+    """A view of a source with one level: analysing alone reads nothing else."""
 
-    def __init__(self, source: SlideSource) -> None:
+    def __init__(self, source: SlideSource, level: Level) -> None:
         self._source = source
         self.path = source.path
         self.metadata = source.metadata
-        self.levels = source.levels[:1]
+        self.levels: tuple[Level, ...] = (level,)
         self.associated = source.associated
 
     def frames(self, level: Any) -> Any:

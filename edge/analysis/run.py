@@ -38,6 +38,7 @@ from edge.analysis.sampler import (
     FocusGrid,
     FocusScores,
     Geometry,
+    focus_level,
     low_mosaic,
     tissue_like,
 )
@@ -62,6 +63,8 @@ class AnalysisOptions:
     mpp: float | None = None  # override the file's pixel size
     # Skip decoding level-0 tiles that are clean glass in the source's own lower level.
     skip_glass: bool = True
+    # Decode the source's own level at the focus model's resolution instead of level 0.
+    lower_level: bool = False
 
 
 @dataclass
@@ -81,7 +84,7 @@ class AnalysisResult:
     models: list[dict[str, str]] = field(default_factory=list)
     backend: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
-    tiles: dict[str, int] = field(default_factory=dict)  # level-0 tiles decoded / skipped
+    tiles: dict[str, int] = field(default_factory=dict)  # level read, its tiles decoded / skipped
     crops_scored: int = 0
     site_scores: dict[str, float] = field(default_factory=dict)
     focus_scores: FocusScores = field(default_factory=FocusScores.empty)
@@ -247,12 +250,18 @@ class Analyser:
         self._dense = (
             _DenseWorker(self._predictor(geometry)) if mh * mw <= STREAM_MAX_MOSAIC_PIXELS else None
         )
+        analysed = (0, 1)  # level index and downsample
+        if self.options.lower_level:
+            found = focus_level(source.levels, geometry)
+            if found is not None:
+                analysed = (found[0].index, found[1])
         self._sampler = AnalysisSampler(
             geometry,
             self._score_focus,
             focus_spec.max_batch,
             low=low,
             on_rows=self._dense.rows_final if self._dense is not None else None,
+            level=analysed,
         )
         if self._dense is not None:
             self._dense.start(self._sampler.rows)
@@ -347,7 +356,11 @@ class Analyser:
                 "total_after_pass": round(time.monotonic() - t, 3),
             },
             crops_scored=sampler.crops_scored,
-            tiles={"decoded": sampler.tiles_seen, "skipped_glass": sampler.tiles_skipped},
+            tiles={
+                "level": sampler.level_index,
+                "decoded": sampler.tiles_seen,
+                "skipped_glass": sampler.tiles_skipped,
+            },
             focus_scores=self._focus.scores,
             mosaic=mosaic,
         )

@@ -238,6 +238,23 @@ def low_level(levels: tuple[Level, ...], geometry: Geometry) -> tuple[Level, int
     return best
 
 
+def focus_level(levels: tuple[Level, ...], geometry: Geometry) -> tuple[Level, int] | None:
+    """The source's own level at the focus model's resolution (downsample = decode_scale,
+    the same extent, RGB), or None. Decoding it instead of level 0 is 1/d^2 of the entropy
+    decoding, the analysis's largest cost; its pixels are the scanner's own reduction
+    (re-compressed), not a DCT-scaled decode of level 0. Pure."""
+    for level in levels[1:]:
+        d = round(level.downsample)
+        if d != geometry.decode_scale or abs(level.downsample - d) > 0.01 * d:
+            continue
+        if level.samples != 3:
+            continue
+        if abs(level.width - geometry.width / d) > 2 or abs(level.height - geometry.height / d) > 2:
+            continue
+        return level, d
+    return None
+
+
 def low_mosaic(source: SlideSource, geometry: Geometry) -> npt.NDArray[np.uint8] | None:
     """The mosaic made from the source's own lower level (`low_level`), block means per cell,
     or None when there is none. Reads and decodes that level once (a few MP at most)."""
@@ -358,13 +375,16 @@ class AnalysisSampler:
         workers: int | None = None,
         low: npt.NDArray[np.uint8] | None = None,
         on_rows: Callable[[int], None] | None = None,
+        level: tuple[int, int] = (0, 1),
     ) -> None:
         self.geometry = geometry
+        # The level whose tiles are analysed, and its downsample (level 0, or `focus_level`).
+        self.level_index, self._d = level
         # Told how many mosaic rows are final (every level-0 tile above them applied or
         # skipped), so the artifact model can start on them during the pass.
         self._on_rows = on_rows
-        self._row = -1  # the level-0 tile row being applied
-        self._tile_height = 0
+        self._row = -1  # the tile row being applied (of the analysed level)
+        self._tile_height = 0  # its tiles' height in level-0 px
         self.rows_in_order = True
         self.mosaic = MosaicAccumulator(geometry)
         # With the lower level's mosaic, glass tiles are not decoded (module docstring).
@@ -387,9 +407,9 @@ class AnalysisSampler:
         self._ahead = 4 * max(self._workers, 1)
 
     def start_level(self, level: Level) -> None:
-        self._active = level.index == 0
+        self._active = level.index == self.level_index
         if self._active:
-            self._tile_height = level.tile_height
+            self._tile_height = level.tile_height * self._d
         if self._active and self._workers > 1 and self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="edge-analysis")
 
@@ -443,8 +463,9 @@ class AnalysisSampler:
         assert self._busy is not None
         level, frame = tile.frame.level, tile.frame
         d = self.geometry.mosaic_downsample
-        y0, x0 = frame.row * level.tile_height, frame.col * level.tile_width
-        y1, x1 = -(-(y0 + level.tile_height) // d), -(-(x0 + level.tile_width) // d)
+        th, tw = level.tile_height * self._d, level.tile_width * self._d  # level-0 px
+        y0, x0 = frame.row * th, frame.col * tw
+        y1, x1 = -(-(y0 + th) // d), -(-(x0 + tw) // d)
         return bool(self._busy[y0 // d : y1, x0 // d : x1].any())
 
     def image(self) -> npt.NDArray[np.uint8]:
@@ -458,8 +479,8 @@ class AnalysisSampler:
     def _reduce(self, tile: StreamTile) -> _Reduced:
         """Worker side: decode, reduce, cut the focus crops (no shared state touched)."""
         level, frame = tile.frame.level, tile.frame
-        x0, y0 = frame.col * level.tile_width, frame.row * level.tile_height
-        reduced = reduced_tile(tile, self.geometry.decode_scale)
+        x0, y0 = frame.col * level.tile_width * self._d, frame.row * level.tile_height * self._d
+        reduced = reduced_tile(tile, self.geometry.decode_scale // self._d)
         return self.mosaic.block(x0, y0, reduced), self._crops_of(x0, y0, reduced)
 
     def _apply(self, work: _Reduced) -> None:
