@@ -180,3 +180,31 @@ def test_real_systemd_boot_check() -> None:
     assert "write ok /srv/scanner/probe" in text
     assert "open refused /dev/edge-probe-loop (0666): Operation not permitted" in text
     assert "host unchanged" in text
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_daemon_under_real_systemd() -> None:
+    """Opt-in as above: `tools/systemd-boot-check --real` starts the real `edge run` with the
+    shipped unit unchanged (system-call filter, read-only system, no capabilities, uid edge).
+    It must come up READY, convert, analyse and deliver the waiting slide, and stay up."""
+    import os
+
+    if os.environ.get("EDGE_SYSTEMD_BOOT_CHECK") != "1":
+        pytest.skip("boots systemd as PID 1 in namespaces; set EDGE_SYSTEMD_BOOT_CHECK=1 (root)")
+    out = subprocess.run(
+        [str(REPO / "tools/systemd-boot-check"), "--real", "45"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    text = out.stdout
+    assert out.returncode == 0, text + out.stderr
+    assert "ActiveState=active" in text and "NRestarts=0" in text, text
+    assert "StatusText=1 done, 0 in progress, 0 need attention" in text, text
+    assert "job 1: PASS" in text or "job 1: REVIEW" in text or "job 1: RESCAN" in text, text
+    assert "done" in text.split("== edge jobs (inside)")[1], text
+    delivered = text.split("== delivered to the outgoing folder")[1].split()[0]
+    assert int(delivered) >= 8, text
+    assert "host unchanged" in text
