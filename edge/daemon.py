@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import shutil
@@ -53,7 +54,7 @@ from edge.outbox.queries import OutboxReader
 from edge.outbox.retry import CircuitBreaker, RetryPolicy
 from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
-from edge.pipeline import Stopping, boost, process
+from edge.pipeline import Stopping, analysis_options, boost, process
 from edge.sync.plan import link_request_bytes, part_cap, prepare_for
 from edge.system.disk import DiskMonitor, DiskUsage, Watermarks, usage
 from edge.system.mdns import Announced, Announcement, announce, announceable_port
@@ -132,6 +133,7 @@ class Daemon:
         """Run until stopped (or, with once=True, until everything found has been sent).
         Returns 0, or 1 when once-mode ran out of time with work left or a stage crashed."""
         self._prepare()
+        self._warm_up()
         self._check_disk()  # a full disk pauses ingest before the first slide is taken
         self._install_signals()
         if self.config.receiver.port:
@@ -226,6 +228,24 @@ class Daemon:
         for watched in self.config.ingest.watch:
             if not Path(watched).is_dir():
                 LOGGER.warning("watch folder %s does not exist (yet); will keep looking", watched)
+
+    def _warm_up(self) -> None:
+        """Load the QC code and check the models now, not on the first slide: the first
+        slide after a boot gets its verdict as soon as any other (about 0.5 s of imports
+        here), and a model problem is in the log before a slide arrives."""
+        if not self.config.pipeline.analyse:
+            return
+        for module in ("edge.analysis.api", "edge.analysis.outputs", "edge.dicom.results"):
+            importlib.import_module(module)
+        from edge.analysis.run import Analyser, QcUnavailable
+
+        try:
+            analyser = Analyser.create(analysis_options(self.config))
+        except QcUnavailable as exc:
+            LOGGER.warning("QC unavailable: %s (slides are still converted and sent)", exc)
+            return
+        models = ", ".join(f"{s.name} {s.version}" for s in analyser.specs.values())
+        LOGGER.info("QC on %s: %s", analyser.backend, models)
 
     def _start_web(self) -> None:
         """The dashboard, in this process (it reads the state database and the health of the

@@ -533,3 +533,30 @@ def test_retention_also_removes_levels_that_went_out_as_parts(tmp_path: Path) ->
     assert not list(Path(job["output"]).glob("*.dcm")), "no DICOM left behind"
     assert Path(job["report"]).is_file(), "the QC report stays"
     assert list((tmp_path / "hub").rglob("*.dcm")), "what was delivered is at the hub"
+
+
+def test_the_models_are_checked_at_start_and_a_broken_set_does_not_stop_the_daemon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The QC code is loaded and the models verified before the first slide: the log says
+    which backend and versions run, or why QC is unavailable (the daemon still converts)."""
+    config = _config(tmp_path / "good")
+    Path(config.ingest.watch[0]).mkdir(parents=True)
+    with caplog.at_level("INFO", logger="edge.daemon"):
+        assert Daemon(config, once=True).run(timeout_s=60) == 0
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("QC on ")]
+    assert started and "artifact" in started[0] and "focus" in started[0], caplog.text
+    caplog.clear()
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    base = _config(tmp_path / "broken")
+    broken = dataclasses.replace(base, analysis=cfg.Analysis(models_dir=str(empty)))
+    inbox = Path(broken.ingest.watch[0])
+    inbox.mkdir(parents=True)
+    write_slide(inbox / "s.svs", 1024, 768, "svs", seed=7)
+    with caplog.at_level("INFO", logger="edge.daemon"):
+        assert Daemon(broken, once=True).run(timeout_s=120) == 0
+    assert "QC unavailable: model focus" in caplog.text, caplog.text
+    with JobStore(broken.state_dir / DATABASE) as jobs:
+        assert [r["state"] for r in jobs.list()] == ["done"], "converted without QC"
