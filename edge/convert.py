@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -28,7 +27,7 @@ from edge.dicom.uids import DEFAULT_ROOT, check_root, fingerprint, make_uid
 from edge.dicom.writer import FrameWriter
 from edge.dicom.wsi import WrittenInstance, WsiWriter, pad_tile, spec_for_plan
 from edge.errors import InputError
-from edge.fileio import replace_dir
+from edge.fileio import partial_dir, replace_dir
 from edge.slide.model import AssociatedKind
 from edge.slide.open import open_slide
 from edge.slide.source import SlideSource
@@ -192,9 +191,7 @@ def _convert_atomically(
     extra_consumers: tuple[TileConsumer, ...],
     identity_key: str | None,
 ) -> ConvertResult:
-    temp = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
+    temp = partial_dir(final)
     try:
         result = _convert_open(
             source, temp, options, encoder, patient, progress, extra_consumers, identity_key

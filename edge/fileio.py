@@ -37,3 +37,28 @@ def replace_dir(temp: Path, final: Path) -> None:
     except OSError as exc:
         raise OutputError(f"{final}: cannot move the finished output into place: {exc}") from exc
     shutil.rmtree(old, ignore_errors=True)
+
+
+def partial_dir(final: Path) -> Path:
+    """A fresh work folder beside `final` for this process, with what earlier processes left
+    there removed: a conversion killed mid-way (power cut, SIGKILL) leaves its
+    `.NAME.partial-PID` folder behind, and the retry runs under another PID."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another live process (e.g. a second `edge convert`) is writing it
+        shutil.rmtree(stale, ignore_errors=True)
+    temp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    temp.mkdir()
+    return temp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

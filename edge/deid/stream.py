@@ -31,7 +31,7 @@ from edge.deid.policy import DeidError, Policy
 from edge.deid.transform import deidentify_dataset
 from edge.dicom.metadata import IMPLEMENTATION_NAME, IMPLEMENTATION_UID
 from edge.errors import CorruptInput, OutputError, UnsupportedInput
-from edge.fileio import replace_dir
+from edge.fileio import partial_dir, replace_dir
 
 LOGGER = logging.getLogger(__name__)
 COPY_CHUNK = 8 << 20
@@ -258,10 +258,7 @@ def deidentify_slide(src_dir: Path, dst_dir: Path, policy: Policy, secret: bytes
     files = slide_files(src_dir)
     if not files:
         raise UnsupportedInput(src_dir, "the folder holds no files")
-    dst_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp = dst_dir.parent / f".{dst_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
+    temp = partial_dir(dst_dir)
     written: list[Path] = []
     try:
         for src in files:
