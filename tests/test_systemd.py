@@ -151,6 +151,24 @@ def test_inference_survives_memory_deny_write_execute() -> None:
     assert "exit 0: onnxruntime" in lines["## onnxruntime cpu, MDWE seccomp"], out.stdout
 
 
+def _boot_check(*args: str, timeout: float) -> str:
+    """tools/systemd-boot-check's report; skipped unless opted in (it boots systemd as PID 1
+    in namespaces, as root)."""
+    import os
+
+    if os.environ.get("EDGE_SYSTEMD_BOOT_CHECK") != "1":
+        pytest.skip("boots systemd as PID 1 in namespaces; set EDGE_SYSTEMD_BOOT_CHECK=1 (root)")
+    out = subprocess.run(
+        [str(REPO / "tools/systemd-boot-check"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_real_systemd_boot_check() -> None:
@@ -159,19 +177,7 @@ def test_real_systemd_boot_check() -> None:
     stand-in daemon on the real notify/credentials code. systemd must see READY and the
     status, deliver the credential, enforce the sandbox, and kill + restart the service when
     a stage stops beating; the host must be left unchanged."""
-    import os
-
-    if os.environ.get("EDGE_SYSTEMD_BOOT_CHECK") != "1":
-        pytest.skip("boots systemd as PID 1 in namespaces; set EDGE_SYSTEMD_BOOT_CHECK=1 (root)")
-    out = subprocess.run(
-        [str(REPO / "tools/systemd-boot-check"), "14"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    text = out.stdout
-    assert out.returncode == 0, text + out.stderr
+    text = _boot_check("14", timeout=180)
     assert "StatusText=stand-in daemon up" in text and "NRestarts=1" in text, text
     assert "edge.service: Watchdog timeout (limit 3s)!" in text, text
     assert "Failed with result 'watchdog'" in text, text
@@ -188,19 +194,7 @@ def test_real_daemon_under_real_systemd() -> None:
     """Opt-in as above: `tools/systemd-boot-check --real` starts the real `edge run` with the
     shipped unit unchanged (system-call filter, read-only system, no capabilities, uid edge).
     It must come up READY, convert, analyse and deliver the waiting slide, and stay up."""
-    import os
-
-    if os.environ.get("EDGE_SYSTEMD_BOOT_CHECK") != "1":
-        pytest.skip("boots systemd as PID 1 in namespaces; set EDGE_SYSTEMD_BOOT_CHECK=1 (root)")
-    out = subprocess.run(
-        [str(REPO / "tools/systemd-boot-check"), "--real", "45"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    text = out.stdout
-    assert out.returncode == 0, text + out.stderr
+    text = _boot_check("--real", "45", timeout=240)
     assert "ActiveState=active" in text and "NRestarts=0" in text, text
     assert "StatusText=1 done, 0 in progress, 0 need attention" in text, text
     assert "job 1: PASS" in text or "job 1: REVIEW" in text or "job 1: RESCAN" in text, text
