@@ -276,6 +276,23 @@ def run_subprocess(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
+def choose_cut(row: list[Tally]) -> int:
+    """Index of the cut-off to use, given one tile tally per cut-off (ascending): among those
+    with precision >= 0.95 (else all), the middle of the ones within 0.005 of the best F1,
+    not the lowest: where a class scores the same over a range (pen: every cut 0.1-0.5), the
+    lowest cut widens the reported area (2.0.0's false pen rescans) and an end of the range
+    is the closest to where scores drop on new slides."""
+
+    def f1(t: Tally) -> float:
+        return 2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1)
+
+    precise = [i for i, t in enumerate(row) if t.precision >= 0.95 and t.tp > 0]
+    pool = precise or list(range(len(row)))
+    top = max(f1(row[i]) for i in pool)
+    near = [i for i in pool if f1(row[i]) >= top - 0.005]
+    return near[(len(near) - 1) // 2]
+
+
 def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[str, float]:
     """Per-class probability cut-offs from validation kit slides (seeds apart from both
     training and evaluation): for each class the cut with the best F1 over tiles among those
@@ -313,19 +330,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
         print(f"calibration slide {spec.seed} done", file=sys.stderr, flush=True)
     chosen: dict[str, float] = {}
     for kind, row in tallies.items():
-
-        def f1(t: Tally) -> float:
-            return 2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1)
-
-        precise = [i for i, t in enumerate(row) if t.precision >= 0.95 and t.tp > 0]
-        pool = precise or list(range(len(row)))
-        # The middle of the cut-offs within 0.005 of the best F1, not the lowest: where a
-        # class scores the same over a range (pen: every cut 0.1-0.5), the lowest cut widens
-        # the reported area (2.0.0's false pen rescans) and an end of the range is the
-        # closest to where scores drop on new slides.
-        top = max(f1(row[i]) for i in pool)
-        near = [i for i in pool if f1(row[i]) >= top - 0.005]
-        best = near[(len(near) - 1) // 2]
+        best = choose_cut(row)
         chosen[kind] = float(cuts[best])
         pairs = zip(cuts, row, strict=True)
         table = " ".join(f"{c}:{t.precision:.2f}/{t.recall:.2f}" for c, t in pairs)
