@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_models import kit_specs
+from train_models import kit_specs, require_real_texture
 
 from edge.analysis.api import analyse_path
 from edge.analysis.kit import crop_coverage, kit_model, procedural_texture
@@ -180,6 +180,7 @@ def roc_auc(p: list[float], y: list[bool]) -> float:
 
 
 def run_qc(n: int, seed_base: int, workdir: Path, options: AnalysisOptions) -> Scores:
+    require_real_texture()
     workdir.mkdir(parents=True, exist_ok=True)
     scores = Scores()
     for spec in eval_specs(n, seed_base):
@@ -275,6 +276,23 @@ def run_subprocess(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
+def choose_cut(row: list[Tally]) -> int:
+    """Index of the cut-off to use, given one tile tally per cut-off (ascending): among those
+    with precision >= 0.95 (else all), the middle of the ones within 0.005 of the best F1,
+    not the lowest: where a class scores the same over a range (pen: every cut 0.1-0.5), the
+    lowest cut widens the reported area (2.0.0's false pen rescans) and an end of the range
+    is the closest to where scores drop on new slides."""
+
+    def f1(t: Tally) -> float:
+        return 2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1)
+
+    precise = [i for i, t in enumerate(row) if t.precision >= 0.95 and t.tp > 0]
+    pool = precise or list(range(len(row)))
+    top = max(f1(row[i]) for i in pool)
+    near = [i for i in pool if f1(row[i]) >= top - 0.005]
+    return near[(len(near) - 1) // 2]
+
+
 def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[str, float]:
     """Per-class probability cut-offs from validation kit slides (seeds apart from both
     training and evaluation): for each class the cut with the best F1 over tiles among those
@@ -282,6 +300,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
     minimum region size. Written into the manifests' [thresholds] by tools/train_models.py."""
     from edge.analysis import qc
 
+    require_real_texture()
     workdir.mkdir(parents=True, exist_ok=True)
     cuts = np.round(np.arange(0.1, 0.96, 0.05), 2)
     kinds = ("pen", "fold", "bubble", "debris", "edge")
@@ -311,13 +330,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
         print(f"calibration slide {spec.seed} done", file=sys.stderr, flush=True)
     chosen: dict[str, float] = {}
     for kind, row in tallies.items():
-
-        def f1(t: Tally) -> float:
-            return 2 * t.tp / max(2 * t.tp + t.fp + t.fn, 1)
-
-        precise = [i for i, t in enumerate(row) if t.precision >= 0.95 and t.tp > 0]
-        pool = precise or list(range(len(row)))
-        best = max(pool, key=lambda i: (f1(row[i]), -i))
+        best = choose_cut(row)
         chosen[kind] = float(cuts[best])
         pairs = zip(cuts, row, strict=True)
         table = " ".join(f"{c}:{t.precision:.2f}/{t.recall:.2f}" for c, t in pairs)

@@ -43,11 +43,26 @@ from edge.analysis import nets
 from edge.analysis.kit import procedural_texture, sample_kit_slide
 from edge.analysis.registry import sha256_file
 from edge.synth.protocol import SlideSpec
+from edge.synth.texture import SOURCES, default_texture_dirs, resolve_texture_dir
 
 KINDS = ("blur", "pen", "fold", "bubble", "debris", "edge", "stain")
 # Label precedence where truth masks overlap: what the technician must act on first.
 PRECEDENCE = ("pen", "bubble", "fold", "edge", "debris")
 FORCED = ("pen", "fold", "bubble", "edge", "blur", "pen", "debris")
+
+
+def require_real_texture() -> Path:
+    """The real-texture folder kit slides draw from, or SystemExit. Without one every kit
+    slide silently gets procedural texture (edge.synth.texture), and a model trained or scored
+    on those says nothing about the real-texture slides the bench uses: in a git worktree
+    ../shared/data/real is not next to the repository, so set EDGE_TEST_DATA."""
+    found = resolve_texture_dir(None)
+    if found is None:
+        raise SystemExit(
+            f"no real texture for kit slides in {[str(d) for d in default_texture_dirs()]} "
+            f"(files {[s[0] for s in SOURCES]}): set EDGE_TEST_DATA=/work/shared/data/real"
+        )
+    return found
 
 
 def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
@@ -296,6 +311,7 @@ def main() -> int:
     ap.add_argument("--cnn-steps", type=int, default=9000, help="artifact-cnn training steps")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"kit slides' real texture from {require_real_texture()}", flush=True)
     specs = kit_specs(args.slides, args.seed_base)
     t0 = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
