@@ -10,8 +10,9 @@ pale interiors with pale stroma, and the edges of strokes: all questions of cont
 sees a ~285 px field (~1.1 mm at 4 µm/px) around each pixel, and runs in less time than
 the old model did (1.7 s vs 2.9 s on the 40k pace slide).
 
-Contract kept: input (N,3,256,256) RGB/255, output (N,7,256,256) softmax over
-nets.ARTIFACT_CLASSES; the loss is taken only on the window's centre (nets.ARTIFACT_MARGIN in
+Contract kept: input (N,3,256,256) RGB/255, output (N,7,256,256) probabilities over
+nets.ARTIFACT_CLASSES (softmax at 1/4 resolution, bilinearly interpolated, from 2.0.1 on);
+the loss is taken only on the window's centre (nets.ARTIFACT_MARGIN in
 from each side), the part edge.analysis.dense keeps. Plain ONNX ops only (Conv with folded
 BatchNorm, Relu, Add, Log, Resize, Softmax) so ORT, TensorRT and onnx2torch all load it.
 
@@ -70,7 +71,8 @@ class ArtifactNet(nn.Module):
         self.d1 = block(c1, c1)
         self.out = nn.Conv2d(c1, len(nets.ARTIFACT_CLASSES), 1)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def low_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits at 1/4 resolution."""
         # Optical density: stain amounts add up linearly in it (what the old features used).
         x = torch.cat([x, torch.log(x + 1.0 / 255.0)], dim=1)
         e1 = self.e1(self.stem(x))
@@ -79,10 +81,18 @@ class ArtifactNet(nn.Module):
         up2 = lambda t: F.interpolate(t, scale_factor=2.0, mode="bilinear", align_corners=False)  # noqa: E731
         d2 = self.d2(up2(self.p3(e3)) + e2)
         d1 = self.d1(up2(self.p2(d2)) + e1)
-        return F.interpolate(self.out(d1), scale_factor=4.0, mode="bilinear", align_corners=False)
+        return self.out(d1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits at full resolution (what the loss sees)."""
+        low = self.low_logits(x)
+        return F.interpolate(low, scale_factor=4.0, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
+        # Probabilities at 1/4 resolution, then interpolated (model 2.0.1 on): 16x fewer
+        # exponentials; see tools/onnx_graph.py, which turned 2.0.0 into this form.
+        probs = torch.softmax(self.low_logits(x), dim=1)
+        return F.interpolate(probs, scale_factor=4.0, mode="bilinear", align_corners=False)
 
 
 class Windows:
