@@ -119,15 +119,6 @@ class _DenseWorker:
                 return
             if self._error is not None:
                 continue  # keep draining: finish() reports the error
-            while True:  # only the latest count matters
-                try:
-                    newer = self._final.get_nowait()
-                except queue.Empty:
-                    break
-                if newer < 0:
-                    self._final.put(newer)
-                    break
-                final = max(final, newer)
             t = time.monotonic()
             try:
                 self.predictor.advance(final, rows)
