@@ -44,8 +44,7 @@ class SlideAnalysis:
     @property
     def level(self) -> int:
         """The level the analysis reads (after `consumers`): 0, or a lower one."""
-        sampler = self._analyser._sampler if self._analyser is not None else None
-        return sampler.level_index if sampler is not None else 0
+        return self._analyser.level_index if self._analyser is not None else 0
 
     def consumers(self, source: SlideSource) -> tuple[TileConsumer, ...]:
         if self._analyser is None:

@@ -259,6 +259,11 @@ class Analyser:
         self._started = time.monotonic()
         return self._sampler
 
+    @property
+    def level_index(self) -> int:
+        """The level the pass analyses (after `start`): 0, or the source's own lower one."""
+        return self._sampler.level_index if self._sampler is not None else 0
+
     def _predictor(self, geometry: Geometry) -> DensePredictor:
         return DensePredictor(
             self.sessions["artifact"].run,

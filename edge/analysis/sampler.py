@@ -225,14 +225,12 @@ def low_level(levels: tuple[Level, ...], geometry: Geometry) -> tuple[Level, int
     Returns (level, d), or None when the source has no such level. Pure."""
     best: tuple[Level, int] | None = None
     for level in levels[1:]:
-        d = round(level.downsample)
-        if d < 2 or abs(level.downsample - d) > 0.01 * d or geometry.mosaic_downsample % d:
+        d = _usable_downsample(level, geometry)
+        if d is None or geometry.mosaic_downsample % d:
             continue
         f = geometry.mosaic_downsample // d
-        if level.samples != 3 or level.tile_width % f or level.tile_height % f:
+        if level.tile_width % f or level.tile_height % f:
             continue
-        if abs(level.width - geometry.width / d) > 2 or abs(level.height - geometry.height / d) > 2:
-            continue  # not the same extent (a cropped or padded level): do not trust it
         if best is None or d > best[1]:
             best = level, d
     return best
@@ -244,15 +242,21 @@ def focus_level(levels: tuple[Level, ...], geometry: Geometry) -> tuple[Level, i
     decoding, the analysis's largest cost; its pixels are the scanner's own reduction
     (re-compressed), not a DCT-scaled decode of level 0. Pure."""
     for level in levels[1:]:
-        d = round(level.downsample)
-        if d != geometry.decode_scale or abs(level.downsample - d) > 0.01 * d:
-            continue
-        if level.samples != 3:
-            continue
-        if abs(level.width - geometry.width / d) > 2 or abs(level.height - geometry.height / d) > 2:
-            continue
-        return level, d
+        d = _usable_downsample(level, geometry)
+        if d == geometry.decode_scale:
+            return level, d
     return None
+
+
+def _usable_downsample(level: Level, geometry: Geometry) -> int | None:
+    """A lower level's whole-number downsample when it is RGB and covers level 0's extent
+    (a cropped or padded level is not trusted), else None."""
+    d = round(level.downsample)
+    if d < 2 or abs(level.downsample - d) > 0.01 * d or level.samples != 3:
+        return None
+    if abs(level.width - geometry.width / d) > 2 or abs(level.height - geometry.height / d) > 2:
+        return None
+    return d
 
 
 def low_mosaic(source: SlideSource, geometry: Geometry) -> npt.NDArray[np.uint8] | None:
@@ -380,8 +384,8 @@ class AnalysisSampler:
         self.geometry = geometry
         # The level whose tiles are analysed, and its downsample (level 0, or `focus_level`).
         self.level_index, self._d = level
-        # Told how many mosaic rows are final (every level-0 tile above them applied or
-        # skipped), so the artifact model can start on them during the pass.
+        # Told how many mosaic rows are final (every tile above them applied or skipped), so
+        # the artifact model can start on them during the pass.
         self._on_rows = on_rows
         self._row = -1  # the tile row being applied (of the analysed level)
         self._tile_height = 0  # its tiles' height in level-0 px
