@@ -177,7 +177,7 @@ def test_real_systemd_boot_check() -> None:
     stand-in daemon on the real notify/credentials code. systemd must see READY and the
     status, deliver the credential, enforce the sandbox, and kill + restart the service when
     a stage stops beating; the host must be left unchanged."""
-    text = _boot_check("14", timeout=180)
+    text = _boot_check("20", timeout=180)
     assert "StatusText=stand-in daemon up" in text and "NRestarts=1" in text, text
     assert "edge.service: Watchdog timeout (limit 3s)!" in text, text
     assert "Failed with result 'watchdog'" in text, text
