@@ -38,7 +38,7 @@ from edge.deid.cli import add_parsers as add_deid_parsers
 from edge.dicom.encode import FORMATS, Encoder
 from edge.dicom.uids import DEFAULT_ROOT, UidError, check_root
 from edge.errors import EdgeError
-from edge.pipeline import convert_and_analyse
+from edge.pipeline import convert_and_analyse, section_options
 from edge.send import add_parsers as add_send_parsers
 from edge.send import cmd_queue, cmd_send
 from edge.synth.protocol import ARTIFACT_KINDS, STAINS, SlideModel, SlideSpec, check_unit
@@ -157,24 +157,14 @@ def _analysis_options(parser: argparse.ArgumentParser) -> None:
 
 def _analysis_settings(args: argparse.Namespace) -> Any:
     """Options from --config's [analysis] (thresholds, backend), then the command line."""
-    from edge.analysis.qc import Thresholds
-    from edge.analysis.run import AnalysisOptions
     from edge.config import Analysis, load
 
     section = load(args.config).analysis if args.config else Analysis()
-    backend = args.backend or section.backend
-    models = args.models_dir or (Path(section.models_dir) if section.models_dir else None)
-    options = AnalysisOptions(
-        backend=backend,
-        thresholds=Thresholds.from_config(section),
-        threads=section.threads or None,
-        mpp=args.mpp,
-        lower_level=section.lower_level,
-    )
-    if models is not None:
-        options = dataclasses.replace(options, models_dir=models)
-    if section.engine_cache_dir:
-        options = dataclasses.replace(options, cache_dir=Path(section.engine_cache_dir))
+    options = dataclasses.replace(section_options(section), mpp=args.mpp)
+    if args.backend:
+        options = dataclasses.replace(options, backend=args.backend)
+    if args.models_dir:
+        options = dataclasses.replace(options, models_dir=args.models_dir)
     return options
 
 

@@ -32,19 +32,26 @@ class Stopping(EdgeError):
 
 def analysis_options(config: cfg.Config) -> Any:
     """AnalysisOptions from the [analysis] section (engine cache under state_dir)."""
+    return section_options(config.analysis, config.state_dir / "engines")
+
+
+def section_options(section: cfg.Analysis, cache_dir: Path | None = None) -> Any:
+    """AnalysisOptions from an [analysis] section; engines cached in its engine_cache_dir,
+    else `cache_dir`, else the analysis's default."""
     from edge.analysis.qc import Thresholds
     from edge.analysis.run import AnalysisOptions
 
-    section = config.analysis
     options = AnalysisOptions(
         backend=section.backend,
         thresholds=Thresholds.from_config(section),
         threads=section.threads or None,
         lower_level=section.lower_level,
-        cache_dir=Path(section.engine_cache_dir or config.state_dir / "engines"),
     )
     if section.models_dir:
         options = dataclasses.replace(options, models_dir=Path(section.models_dir))
+    cache = section.engine_cache_dir or cache_dir
+    if cache:
+        options = dataclasses.replace(options, cache_dir=Path(cache))
     return options
 
 
