@@ -30,7 +30,7 @@ from scipy import ndimage
 from edge.analysis import nets, qc, registry
 from edge.analysis.backends.base import Session
 from edge.analysis.backends.select import DEFAULT_CACHE_DIR, open_session
-from edge.analysis.dense import DensePredictor
+from edge.analysis.dense import DensePredictor, predict_dense
 from edge.analysis.sampler import (
     GLASS_SPREAD,
     AnalysisSampler,
@@ -51,6 +51,8 @@ STAIN_PATCHES = 32
 # The artifact model runs during the pass up to this mosaic size (maps 14 bytes a pixel
 # beside the mosaic's sums: 117 MB at the limit; a 40k x 40k slide at 0.25 µm/px is 6.25 MP).
 STREAM_MAX_MOSAIC_PIXELS = 8 << 20
+# Where the artifact model runs: anything stained at all (clean glass is background).
+_FAINT = functools.partial(tissue_like, spread=GLASS_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,16 @@ class Analyser:
         # only where the two are small, a huge slide's model runs after the sums are freed.
         mh, mw = geometry.mosaic_shape
         self._dense = (
-            _DenseWorker(self._predictor(geometry)) if mh * mw <= STREAM_MAX_MOSAIC_PIXELS else None
+            _DenseWorker(
+                DensePredictor(
+                    self.sessions["artifact"].run,
+                    geometry.mosaic_shape,
+                    len(nets.ARTIFACT_CLASSES),
+                    busy=_FAINT,
+                )
+            )
+            if mh * mw <= STREAM_MAX_MOSAIC_PIXELS
+            else None
         )
         analysed = (0, 1)  # level index and downsample
         if self.options.lower_level:
@@ -263,14 +274,6 @@ class Analyser:
     def level_index(self) -> int:
         """The level the pass analyses (after `start`): 0, or the source's own lower one."""
         return self._sampler.level_index if self._sampler is not None else 0
-
-    def _predictor(self, geometry: Geometry) -> DensePredictor:
-        return DensePredictor(
-            self.sessions["artifact"].run,
-            geometry.mosaic_shape,
-            len(nets.ARTIFACT_CLASSES),
-            busy=functools.partial(tissue_like, spread=GLASS_SPREAD),
-        )
 
     def close(self) -> None:
         """Stop the slide's model thread (a pass that failed never reaches `finish`)."""
@@ -302,11 +305,11 @@ class Analyser:
             self.close()
             mosaic = sampler.image()
             sampler.mosaic.release()
-            predictor = self._predictor(geometry)
-            predictor.advance(predictor.height, lambda top, bottom: mosaic[top:bottom])
-            art = predictor.out
+            art = predict_dense(
+                self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES), busy=_FAINT
+            )
             model_seconds = time.monotonic() - t
-        faint = tissue_like(mosaic, spread=GLASS_SPREAD)  # anything stained at all
+        faint = _FAINT(mosaic)
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
