@@ -235,7 +235,7 @@ class Daemon:
         here), and a model problem is in the log before a slide arrives."""
         if not self.config.pipeline.analyse:
             return
-        for module in ("edge.analysis.api", "edge.analysis.outputs", "edge.dicom.results"):
+        for module in ("edge.analysis.api", "edge.dicom.results"):  # api loads the outputs
             importlib.import_module(module)
         from edge.analysis.run import Analyser, QcUnavailable
 
