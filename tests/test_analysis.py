@@ -31,6 +31,7 @@ from edge.analysis.registry import DEFAULT_MODELS_DIR
 from edge.analysis.run import AnalysisOptions, AnalysisResult, priority, tissue_patches
 from edge.analysis.sampler import (
     MAX_MOSAIC_PIXELS,
+    TISSUE_DARK,
     AnalysisSampler,
     FocusCrop,
     FocusGrid,
@@ -464,6 +465,21 @@ def test_glass_tiles_are_skipped_and_the_mosaic_barely_changes(synthetic_svs: Pa
     stained = tissue_like(b, spread=10)
     assert np.array_equal(a[stained], b[stained])
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 12  # glass from the lower level
+
+
+@pytest.mark.parametrize("spread", [0, 1, 10, 30, 254, 255])
+def test_tissue_like_is_chroma_over_spread_or_dark(spread: int) -> None:
+    # The definition in plain (slow) numpy, on every colour class: grey, saturated, dark,
+    # extremes, and a strided view as the sampler passes it.
+    rng = np.random.default_rng(spread)
+    rgb = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    rgb[:8] = rng.integers(0, 256, (8, 96, 1), dtype=np.uint8)  # grey rows: chroma 0
+    rgb[8, :6] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 255], [1, 1, 1], [254, 255, 0]]
+    for view in (rgb, rgb[::3, 1::2]):
+        values = view.astype(int)
+        chroma = values.max(axis=2) - values.min(axis=2)
+        expected = (chroma > spread) | (values.sum(axis=2) < 3 * TISSUE_DARK)
+        assert np.array_equal(tissue_like(view, spread=spread), expected)
 
 
 def test_focus_grid_spreads_crops_and_averages_overlaps() -> None:

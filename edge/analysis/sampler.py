@@ -137,10 +137,16 @@ def reduced_tile(tile: StreamTile, scale: int) -> npt.NDArray[np.uint8]:
 
 def tissue_like(rgb: npt.NDArray[np.uint8], spread: int = TISSUE_SPREAD) -> npt.NDArray[np.bool_]:
     """Cheap per-pixel tissue guess (stained or dark), for gating and fallbacks."""
-    chroma = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)
+    # Channel by channel: numpy's reductions over a last axis of 3 run ~14x slower than
+    # these element-wise passes, and this runs over whole mosaics several times a slide.
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    chroma = np.maximum(np.maximum(r, g), b)
+    chroma -= np.minimum(np.minimum(r, g), b)  # max >= min: no uint8 wrap-around
     # The sum, not the mean: no float64 copy of a whole mosaic (78 MB at 9.8 MP).
-    dark = rgb.sum(axis=2, dtype=np.uint16) < 3 * TISSUE_DARK
-    found: npt.NDArray[np.bool_] = (chroma > spread) | dark
+    total = r.astype(np.uint16)
+    total += g
+    total += b
+    found: npt.NDArray[np.bool_] = (chroma > spread) | (total < 3 * TISSUE_DARK)
     return found
 
 
@@ -174,9 +180,10 @@ class MosaicAccumulator:
         part = reduced[:h, :w]
         if rx % step == 0 and ry % step == 0 and h % step == 0 and w % step == 0:
             # The usual case (tile sides a multiple of the cell): a reshape, no index lists.
-            sums = part.reshape(h // step, step, w // step, step, 3).sum(
-                axis=(1, 3), dtype=np.uint32
-            )
+            # Rows first over a flat (x, channel) axis, then columns: ~4x faster than one
+            # sum over axes (1, 3) of a 5-d view, the same integers.
+            rows = part.reshape(h // step, step, w * 3).sum(axis=1, dtype=np.uint32)
+            sums = rows.reshape(h // step, w // step, step, 3).sum(axis=2, dtype=np.uint32)
             counts = np.full(sums.shape[:2], step * step, np.uint32)
             return ry // step, rx // step, sums, counts
         rows = _cuts(ry, h, step)
