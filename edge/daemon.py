@@ -237,6 +237,9 @@ class Daemon:
             return
         for module in ("edge.analysis.api", "edge.dicom.results"):  # api loads the outputs
             importlib.import_module(module)
+        from edge.dicom.results import warm_up
+
+        warm_up()
         from edge.analysis.run import Analyser, QcUnavailable
 
         try:

@@ -567,3 +567,17 @@ def _single_part(response: httpx.Response) -> bytes:
     bodies = [p.split(b"\r\n\r\n", 1)[1] for p in parts if b"\r\n\r\n" in p]
     assert len(bodies) == 1, f"{len(bodies)} parts"
     return bodies[0].removesuffix(b"\r\n")
+
+
+def test_warm_up_loads_highdicom_tables_before_the_first_slide() -> None:
+    # The daemon calls this at start-up; the first slide's SEG and SR then skip the JSON loads.
+    from highdicom import _standard_utils as tables
+
+    from edge.dicom.results import warm_up
+
+    loaders = [tables.get_sop_class_iod_map, tables.get_iod_module_map]
+    loaders.append(tables.get_module_attribute_map)
+    for loader in loaders:
+        loader.cache_clear()
+    warm_up()
+    assert [loader.cache_info().currsize for loader in loaders] == [1, 1, 1]

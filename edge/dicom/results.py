@@ -42,6 +42,18 @@ SR_NAME = "qc-sr.dcm"
 ANN_NAME = "qc-ann.dcm"
 
 
+def warm_up() -> None:
+    """Load highdicom's IOD and module tables (JSON, ~0.3 s) now rather than inside the
+    first slide's SEG and SR. They are private helpers: if one moved, the first slide pays."""
+    try:
+        from highdicom import _standard_utils as tables
+
+        for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+            getattr(tables, name)()
+    except (ImportError, AttributeError) as exc:
+        LOGGER.debug("highdicom tables not preloaded: %s", exc)
+
+
 def read_slide_folder(slide_dir: Path) -> tuple[list[LevelHeader], list[Dataset]]:
     """(VOLUME levels largest first, every WSI image of the level-0 series) of a folder."""
     headers: list[LevelHeader] = []
