@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 from edge.analysis import nets, qc
 from edge.analysis import run as run_module
 from edge.analysis.api import analyse_path
-from edge.analysis.dense import INNER, MARGIN, WINDOW, DensePredictor, predict_dense
+from edge.analysis.dense import (
+    HALF_TINY,
+    INNER,
+    MARGIN,
+    WINDOW,
+    DensePredictor,
+    predict_dense,
+)
 from edge.analysis.registry import DEFAULT_MODELS_DIR
 from edge.analysis.run import AnalysisOptions, AnalysisResult, priority, tissue_patches
 from edge.analysis.sampler import (
@@ -480,6 +487,24 @@ def test_tissue_like_is_chroma_over_spread_or_dark(spread: int) -> None:
         chroma = values.max(axis=2) - values.min(axis=2)
         expected = (chroma > spread) | (values.sum(axis=2) < 3 * TISSUE_DARK)
         assert np.array_equal(tissue_like(view, spread=spread), expected)
+
+
+def test_dense_maps_hold_no_float16_subnormals() -> None:
+    # Values below float16's smallest normal number are stored as 0 (the slow cast path);
+    # everything from 2**-14 up is stored as a plain float16 cast would store it.
+    values = np.array([0.0, 1e-9, 3e-5, 2.0**-14, 1e-3, 0.35, 1.0], np.float32)
+
+    def runner(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = np.empty((batch.shape[0], len(values), WINDOW, WINDOW), np.float32)
+        out[:] = values[None, :, None, None]
+        out.flags.writeable = False  # a backend may hand out its own buffer
+        return out
+
+    mosaic = np.full((64, 64, 3), 120, np.uint8)  # stained everywhere: every window runs
+    out = predict_dense(runner, mosaic, len(values))
+    kept = np.where(values >= HALF_TINY, values, 0).astype(np.float16)
+    assert np.array_equal(out[:, 10, 10], kept)
+    assert out[2].max() == 0 and out[3].min() == np.float16(2.0**-14)
 
 
 def test_focus_grid_spreads_crops_and_averages_overlaps() -> None:

@@ -90,7 +90,9 @@ def write_outputs(result: AnalysisResult, outdir: Path, slide: str) -> dict[str,
             prob = result.maps[kind]
             grey = np.empty(prob.shape, np.uint8)
             for y in range(0, prob.shape[0], STRIP_ROWS):  # float temporaries of a strip only
-                part = np.clip(prob[y : y + STRIP_ROWS], 0, 1).astype(np.float32)
+                # Clipped in float32: numpy's float16 arithmetic is scalar code, ~4x slower.
+                part = prob[y : y + STRIP_ROWS].astype(np.float32)
+                np.clip(part, 0, 1, out=part)
                 grey[y : y + STRIP_ROWS] = part * 255 + 0.5
             write_atomic(heat / f"{kind}.png", bytes(imagecodecs.png_encode(grey, level=1)))
 
