@@ -434,8 +434,8 @@ class Daemon:
                     if self.stop.is_set():
                         raise Stopping(f"stopping after {done} of {total} tiles")
 
-                def converted(files: list[Path], job_id: int = job.id) -> None:
-                    self._send_early(outbox, job_id, files)
+                def converted(files: list[Path], boost: int, job_id: int = job.id) -> None:
+                    self._send_early(outbox, job_id, files, boost)
 
                 started = time.monotonic()
                 try:
@@ -468,7 +468,7 @@ class Daemon:
                     ", unmatched (no patient/order data)" if output.job.unmatched else "",
                 )
 
-    def _send_early(self, outbox: Outbox, job_id: int, files: list[Path]) -> None:
+    def _send_early(self, outbox: Outbox, job_id: int, files: list[Path], boost: int) -> None:
         """Queue a slide's converted instances while its QC is still being computed, so the
         PACS gets the pyramid seconds sooner; the QC objects follow when they exist. Only when
         no destination takes a de-identified copy (that copy is made of the finished folder).
@@ -477,7 +477,7 @@ class Daemon:
             return
         names = [d.name for d in self.config.destinations]
         for targets, parts in self._parts(job_id, [(names, files)]):
-            outbox.enqueue(parts, targets, f"job-{job_id}", 0)
+            outbox.enqueue(parts, targets, f"job-{job_id}", boost)
 
     def _copies(self, job_id: int, files: list[Path]) -> list[tuple[list[str], list[Path]]]:
         """Which files go to which destinations: the identified slide to those that take it,

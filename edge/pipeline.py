@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from edge.jobs import Job, JobResult
 LOGGER = logging.getLogger(__name__)
 
 IDENTITY_KEYS = ("PatientID", "AccessionNumber")  # a slide with neither is "unmatched"
+# Mosaics up to this size (a 40k x 40k slide's is 6.3 MP) keep their heatmaps in memory while
+# the SEG is built, so the QC objects can be sent first; above it memory comes first.
+QC_FIRST_PIXELS = 8 << 20
 
 
 class Stopping(EdgeError):
@@ -71,14 +75,16 @@ def convert_and_analyse(
     options: ConvertOptions,
     analysis: Any | None,
     progress: Callable[[int, int], None] | None = None,
-    on_converted: Callable[[list[Path]], None] | None = None,
+    on_converted: Callable[[list[Path], int], None] | None = None,
 ) -> tuple[ConvertResult, dict[str, Any] | None]:
     """Convert into out_root/<name>/ with the analysis riding the pass; QC outputs go to
     out_root/<name>.qc/ and, as DICOM (SEG, SR), into the slide folder.
 
     `on_converted` gets the converted instances (the pyramid and the associated images) as
     soon as they are in place, while the analysis still works on its results: the daemon
-    starts sending them then."""
+    starts sending them then; it gets the QC DICOM objects (SEG, SR, annotations) as soon as
+    they are written, too. Its second argument is the send-order boost (`boost`): 0 for the
+    pyramid, whose triage is not known yet, the slide's own for the QC objects."""
     session = None
     if analysis is not None:
         from edge.analysis.api import SlideAnalysis
@@ -93,7 +99,7 @@ def convert_and_analyse(
             session.close()  # its model thread waits for rows that will not come
         raise
     if on_converted is not None and session is not None:
-        on_converted(sorted(Path(result.output).glob("*.dcm")))
+        on_converted(sorted(Path(result.output).glob("*.dcm")), 0)
     report = None
     if session is not None:
         from edge.analysis.outputs import write_outputs
@@ -101,20 +107,34 @@ def convert_and_analyse(
 
         qc_dir = out_root / f"{output_name(path)}.qc"
         analysed = session.result()
+
+        def qc_objects() -> list[Path] | None:
+            try:  # the slide is converted: a QC object it lacks is a warning, not a failure
+                return write_qc_objects(analysed, Path(result.output), options.uid_root)
+            except EdgeError as exc:
+                result.warnings.append(f"QC SEG/SR not written: {exc}")
+                return None
+
+        geometry = analysed.geometry
+        small = geometry is not None and math.prod(geometry.mosaic_shape) <= QC_FIRST_PIXELS
+        if small:  # the PACS gets the QC objects while the heatmaps are still being written
+            qc_files = qc_objects()
+            if on_converted is not None and qc_files:
+                on_converted(qc_files, priority_boost(analysed.priority))
         report = write_outputs(analysed, qc_dir, path.name)
+        if not small:
+            # A huge slide: the heatmaps and the mosaic are on disk now and the DICOM objects
+            # need the masks only; dropping them first keeps the SEG's build under the
+            # analysis's own memory peak.
+            analysed.maps, analysed.mosaic = {}, None
+            qc_files = qc_objects()
         result.qc = {
             "verdict": report["verdict"],
             "reasons": report["reasons"],
             "report": str(qc_dir / "report.json"),
         }
-        # The heatmaps and the mosaic are on disk now; the DICOM objects need the masks only.
-        # Dropping them here keeps the SEG's build under the analysis's own memory peak.
-        analysed.maps, analysed.mosaic = {}, None
-        try:  # the slide is converted: a QC object it lacks is a warning, not a failure
-            qc_files = write_qc_objects(analysed, Path(result.output), options.uid_root)
+        if qc_files is not None:
             result.qc["dicom"] = [str(p) for p in qc_files]
-        except EdgeError as exc:
-            result.warnings.append(f"QC SEG/SR not written: {exc}")
     return result, report
 
 
@@ -122,7 +142,7 @@ def process(
     job: Job,
     config: cfg.Config,
     progress: Callable[[int, int], None] | None = None,
-    on_converted: Callable[[list[Path]], None] | None = None,
+    on_converted: Callable[[list[Path], int], None] | None = None,
 ) -> SlideOutput:
     """Convert (and analyse) one job's slide; `progress` may raise Stopping to abandon it;
     `on_converted` as in `convert_and_analyse`."""
@@ -205,6 +225,11 @@ def _from_worklist(
 
 
 def boost(output: SlideOutput) -> int:
+    """Send order across slides from the triage priority: `priority_boost`."""
+    return priority_boost(output.job.priority)
+
+
+def priority_boost(priority: int) -> int:
     """Send order across slides from the triage priority (0-100; rescans score 80 and up),
     in ten steps: a rescan or a likely finding goes ahead of routine slides."""
-    return max(0, min(100, output.job.priority)) // 10
+    return max(0, min(100, priority)) // 10

@@ -369,6 +369,43 @@ def test_a_pass_that_fails_leaves_no_model_thread_behind(
     assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
 
 
+@pytest.mark.parametrize("qc_first", [True, False])
+def test_converted_and_qc_objects_are_handed_over_as_soon_as_written(
+    synthetic_svs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, qc_first: bool
+) -> None:
+    """The daemon sends what `on_converted` gets at once: first the pyramid (QC still
+    running), then the SEG/SR/annotations, before the heatmaps and report.json on a normal
+    slide; a huge slide writes its heatmaps first (memory) and hands over only the pyramid,
+    its QC objects going out with the finished job. Same files and report either way."""
+    import edge.pipeline as pipeline_module
+
+    if not qc_first:
+        monkeypatch.setattr(pipeline_module, "QC_FIRST_PIXELS", 0)
+    out = tmp_path / "out"
+    handed: list[tuple[list[str], bool]] = []
+    boosts: list[int] = []
+
+    def converted(files: list[Path], boost: int) -> None:
+        report = out / f"{synthetic_svs.stem}.qc" / "report.json"
+        handed.append(([f.name for f in files], report.exists()))
+        boosts.append(boost)
+
+    result, report = convert_and_analyse(
+        synthetic_svs, out, ConvertOptions(), AnalysisOptions(), on_converted=converted
+    )
+    assert report is not None and result.qc is not None
+    qc_names = sorted(Path(p).name for p in result.qc["dicom"])
+    assert {"qc-seg.dcm", "qc-sr.dcm"} <= set(qc_names)  # qc-ann.dcm where regions were found
+    pyramid, report_then = handed[0]
+    assert "level-00.dcm" in pyramid and not set(pyramid) & set(qc_names) and not report_then
+    if qc_first:
+        assert handed[1:] == [(qc_names, False)]
+        assert boosts == [0, min(100, report["priority"]) // 10]  # the QC's triage, known now
+    else:
+        assert handed[1:] == []
+    assert sorted(p.name for p in Path(result.output).glob("*.dcm")) == sorted(pyramid + qc_names)
+
+
 def test_model_during_the_pass_and_after_it_give_the_same_maps(
     synthetic_svs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
