@@ -482,6 +482,9 @@ def write_model(out: Path, name: str, head: nets.Head | bytes, args: argparse.Na
             written += f" --init {args.init.name} --cnn-lr {args.cnn_lr}"
         if args.cnn_cycle != ",".join(ARTIFACT_CYCLE) or args.fold_weight != 4.0:
             written += f" --cnn-cycle {args.cnn_cycle} --fold-weight {args.fold_weight}"
+    extra = ""
+    if args.fold_slides:
+        extra = f", fold_slides = {args.fold_slides}, fold_seed_base = {args.fold_seed_base}"
     shape = [-1, *nets.INPUT_SHAPES[name]]
     thresholds = "".join(f'"{k}" = {v}\n' for k, v in info["thresholds"].items())
     manifest = (
@@ -490,7 +493,7 @@ def write_model(out: Path, name: str, head: nets.Head | bytes, args: argparse.Na
         f'name = "{name}"\nversion = "{info["version"]}"\nfile = "model.onnx"\n'
         f'sha256 = "{sha256_file(path)}"\nkind = "{info["kind"]}"\n'
         f"max_batch = {info['max_batch']}\n"
-        f"training = {{ slides = {args.slides}, seed_base = {args.seed_base} }}\n\n"
+        f"training = {{ slides = {args.slides}, seed_base = {args.seed_base}{extra} }}\n\n"
         f'[input]\nname = "image"\nshape = {shape}\nmpp = {info["mpp"]}\n'
         f'normalisation = "{info["normalisation"]}"\n\n'
         f'[output]\nname = "probabilities"\nclasses = {json.dumps(info["classes"])}\n\n'
