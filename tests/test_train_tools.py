@@ -48,3 +48,36 @@ def test_calibration_takes_the_middle_of_a_plateau(train_models: ModuleType) -> 
     # Imprecise cut-offs (precision < 0.95) are never chosen while a precise one exists.
     row = [T(tp=40, fp=10, fn=0), T(tp=30, fp=1, fn=10), T(tp=20, fp=0, fn=20)]
     assert qc_bench.choose_cut(row) == 1
+
+
+def test_fold_specs_are_extra_and_leave_the_kit_alone(train_models: ModuleType) -> None:
+    """The training-only fold slides (--fold-slides) all carry a fold, 3 in 4 on IHC, from
+    their own seeds; the kit's specs (and so the validation and test slides) do not change."""
+    before = train_models.kit_specs(8, 50000)
+    extra = train_models.fold_specs(8, 3000)
+    assert all("fold" in s.artifacts for s in extra)
+    assert [s.stain for s in extra].count("IHC") == 6
+    assert [s.seed for s in extra] == list(range(3000, 3008))
+    assert train_models.fold_specs(8, 3000) == extra
+    assert train_models.kit_specs(8, 50000) == before
+    assert train_models.fold_specs(0, 3000) == []
+
+
+def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) -> None:
+    """--init models/artifact/model.onnx: the network with the exported (BatchNorm-folded)
+    weights computes what the ONNX model does."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    import train_artifact_cnn as cnn
+
+    path = Path(__file__).resolve().parents[1] / "models" / "artifact" / "model.onnx"
+    torch.set_num_threads(1)
+    net = cnn.ArtifactNet()
+    cnn.load_onnx(net, path)
+    net.eval()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = net(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert abs(got - want).max() < 1e-4

@@ -293,11 +293,14 @@ def choose_cut(row: list[Tally]) -> int:
     return near[(len(near) - 1) // 2]
 
 
-def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[str, float]:
+def calibrate(
+    n: int, seed_base: int, workdir: Path, models_dir: Path, threads: int | None = None
+) -> dict[str, float]:
     """Per-class probability cut-offs from validation kit slides (seeds apart from both
     training and evaluation): for each class the cut with the best F1 over tiles among those
     with precision >= 0.95 (else the best F1), using the appliance's own smoothing and
-    minimum region size. Written into the manifests' [thresholds] by tools/train_models.py."""
+    minimum region size. Written into the manifests' [thresholds] by tools/train_models.py.
+    threads: the models' runtime threads (None: the appliance's default)."""
     from edge.analysis import qc
 
     require_real_texture()
@@ -306,7 +309,7 @@ def calibrate(n: int, seed_base: int, workdir: Path, models_dir: Path) -> dict[s
     kinds = ("pen", "fold", "bubble", "debris", "edge")
     tallies = {k: [Tally() for _ in cuts] for k in (*kinds, "blur")}
     thresholds = qc.Thresholds()
-    options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir)
+    options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir, threads=threads)
     for spec in eval_specs(n, seed_base):
         path = kit_svs(spec, workdir, "val")
         result = analyse_path(path, options)

@@ -99,7 +99,13 @@ class Windows:
     """Training windows drawn from kit mosaics: half centred near an artifact pixel (classes
     in turn, so rare kinds get as many windows as common ones), half anywhere on tissue."""
 
-    def __init__(self, samples: list[dict[str, Any]], labels: list[npt.NDArray], seed: int):
+    def __init__(
+        self,
+        samples: list[dict[str, Any]],
+        labels: list[npt.NDArray],
+        seed: int,
+        cycle: tuple[str, ...] = ARTIFACTS,
+    ):
         self.g = np.random.default_rng(seed)
         self.images = [
             np.pad(s["mosaic"], ((WINDOW, WINDOW), (WINDOW, WINDOW), (0, 0)), mode="edge")
@@ -115,7 +121,7 @@ class Windows:
                     pick = self.g.choice(len(yy), size=min(4000, len(yy)), replace=False)
                     spots.append((i, np.stack([yy[pick], xx[pick]], 1)))
             self.anchors[cls] = spots
-        self.kinds = [nets.ARTIFACT_CLASSES.index(k) for k in ARTIFACTS if self.anchors[
+        self.kinds = [nets.ARTIFACT_CLASSES.index(k) for k in cycle if self.anchors[
             nets.ARTIFACT_CLASSES.index(k)]]  # fmt: skip
         self.turn = 0
 
@@ -147,6 +153,39 @@ class Windows:
         return x, y
 
 
+def load_onnx(net: ArtifactNet, path: Path) -> None:
+    """Weights of an exported artifact model (same network; BatchNorm folded into its
+    convolutions) into net: each Conv in graph order to net's convolutions in module order,
+    the BatchNorm after it set to the identity (scale 1, shift = the folded bias, mean 0,
+    variance 1 - eps), so net in eval mode computes what the ONNX model does."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    mods = list(net.modules())
+    mods.append(nn.Identity())  # the last convolution has nothing after it
+    targets = [(m, mods[i + 1]) for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
+    if len(convs) != len(targets):
+        raise ValueError(f"{path}: {len(convs)} convolutions, the network has {len(targets)}")
+    with torch.no_grad():
+        for node, (conv, after) in zip(convs, targets, strict=True):
+            w = torch.from_numpy(inits[node.input[1]].copy())
+            b = torch.from_numpy(inits[node.input[2]].copy())
+            if w.shape != conv.weight.shape:
+                raise ValueError(f"{path}: {node.input[1]} {tuple(w.shape)} vs {conv}")
+            conv.weight.copy_(w)
+            if isinstance(after, nn.BatchNorm2d):
+                after.weight.fill_(1.0)
+                after.bias.copy_(b)
+                after.running_mean.zero_()
+                after.running_var.fill_(1.0 - after.eps)
+            else:
+                assert conv.bias is not None
+                conv.bias.copy_(b)
+
+
 def train(
     samples: list[dict[str, Any]],
     labels: list[npt.NDArray],
@@ -156,20 +195,36 @@ def train(
     width: int = 16,
     threads: int = 1,
     checkpoints: Path | None = None,
+    init: Path | None = None,
+    lr: float = 3e-3,
+    cycle: tuple[str, ...] = ARTIFACTS,
+    fold_weight: float = 4.0,
 ) -> ArtifactNet:
     """checkpoints: a folder for the weights every 250 steps (a long run on a busy machine
-    can then be looked at before it ends; the result does not depend on it)."""
+    can then be looked at before it ends; the result does not depend on it).
+    init: start from an exported model (.onnx, see load_onnx) or a state dict (.pt) and
+    fine-tune with BatchNorm frozen (its statistics as loaded); cycle: the artifact kinds
+    the anchored windows take in turn (a kind twice in it gets twice the windows)."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    data = Windows(samples, labels, seed)
+    data = Windows(samples, labels, seed, cycle)
     net = ArtifactNet(width)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    if init is not None:
+        if init.suffix == ".onnx":
+            load_onnx(net, init)
+        else:
+            net.load_state_dict(torch.load(init))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     # Artifacts weigh a little more than glass and tissue; the cut-offs are calibrated anyway.
-    weight = torch.tensor([1.0, 1.0, 2.0, 4.0, 3.0, 1.5, 1.5])
+    weight = torch.tensor([1.0, 1.0, 2.0, fold_weight, 3.0, 1.5, 1.5])
     inner = slice(MARGIN, WINDOW - MARGIN)
     net.train()
+    if init is not None:
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
     t0, running = time.time(), 0.0
     for step in range(steps):
         x, y = data.draw(batch)

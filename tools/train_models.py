@@ -49,6 +49,7 @@ KINDS = ("blur", "pen", "fold", "bubble", "debris", "edge", "stain")
 # Label precedence where truth masks overlap: what the technician must act on first.
 PRECEDENCE = ("pen", "bubble", "fold", "edge", "debris")
 FORCED = ("pen", "fold", "bubble", "edge", "blur", "pen", "debris")
+ARTIFACT_CYCLE = ("pen", "fold", "bubble", "debris", "edge")  # tools/train_artifact_cnn.py
 
 
 def require_real_texture() -> Path:
@@ -86,6 +87,33 @@ def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
                 mpp=mpp,
                 stain=stain,
                 artifacts=arts,
+            )
+        )
+    return specs
+
+
+def fold_specs(n: int, seed_base: int) -> list[SlideSpec]:
+    """n extra training-only kit slides that all carry a fold, 3 in 4 of them on IHC (the
+    pale sections whose folds 2.0.x missed: docs/artifact-training.md); sizes and pixel sizes
+    as kit_specs, other artifacts drawn as there. Seeds seed_base.. must lie apart from
+    kit_specs' training, validation (20000..) and test (50000..) seeds."""
+    g = np.random.default_rng(seed_base)
+    specs = []
+    for i in range(n):
+        mpp = 0.25 if g.random() < 0.75 else 0.5
+        side = int(g.integers(8000, 14000)) if mpp == 0.25 else int(g.integers(5000, 8000))
+        aspect = g.uniform(0.6, 0.9)
+        k = int(g.integers(0, 3))
+        others = tuple(str(a) for a in g.choice([a for a in KINDS if a != "fold"], k, False))
+        stain = "IHC" if i % 4 != 3 else "H&E"
+        specs.append(
+            SlideSpec(
+                side // 16 * 16,
+                int(side * aspect) // 16 * 16,
+                seed=seed_base + i,
+                mpp=mpp,
+                stain=stain,
+                artifacts=tuple(sorted({*others, "fold"})),
             )
         )
     return specs
@@ -309,10 +337,33 @@ def main() -> int:
         "train extra), artifact (the old per-pixel MLP head), stain, calibrate",
     )
     ap.add_argument("--cnn-steps", type=int, default=9000, help="artifact-cnn training steps")
+    ap.add_argument(
+        "--fold-slides",
+        type=int,
+        default=0,
+        help="extra training slides that all carry a fold, mostly IHC (fold_specs)",
+    )
+    ap.add_argument("--fold-seed-base", type=int, default=3000)
+    ap.add_argument("--cnn-lr", type=float, default=3e-3, help="artifact-cnn peak learning rate")
+    ap.add_argument(
+        "--cnn-cycle",
+        default=",".join(ARTIFACT_CYCLE),
+        help="artifact-cnn: the kinds anchored windows take in turn (repeat one to weigh it)",
+    )
+    ap.add_argument("--fold-weight", type=float, default=4.0, help="artifact-cnn fold loss weight")
+    ap.add_argument("--cnn-version", default=CNN_INFO["version"], help="the manifest's version")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="artifact-cnn: start from these weights (a .pt state dict, or an artifact "
+        "model.onnx of the same network) instead of from scratch",
+    )
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"kit slides' real texture from {require_real_texture()}", flush=True)
     specs = kit_specs(args.slides, args.seed_base)
+    specs += fold_specs(args.fold_slides, args.fold_seed_base)
     t0 = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
         paths = list(pool.map(cached_sample, specs, [args.cache] * len(specs)))
@@ -347,6 +398,10 @@ def main() -> int:
             args.seed_base,
             steps=args.cnn_steps,
             checkpoints=args.cache / "artifact-cnn",
+            init=args.init,
+            lr=args.cnn_lr,
+            cycle=tuple(args.cnn_cycle.split(",")),
+            fold_weight=args.fold_weight,
         )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
@@ -357,7 +412,8 @@ def main() -> int:
     if "calibrate" in only:
         from qc_bench import calibrate
 
-        cuts = calibrate(48, 20000, args.cache / "validation", args.out)
+        one = 1 if args.jobs == 1 else None  # --jobs 1: one core for the models too
+        cuts = calibrate(48, 20000, args.cache / "validation", args.out, threads=one)
         for name, classes in (("focus", ("blur",)), ("artifact", PRECEDENCE)):
             manifest = args.out / name / "manifest.toml"
             text = manifest.read_text(encoding="utf-8").split("[thresholds]")[0]
@@ -416,18 +472,28 @@ def write_model(out: Path, name: str, head: nets.Head | bytes, args: argparse.Na
     path = folder / "model.onnx"
     path.write_bytes(head if isinstance(head, bytes) else nets.full(name, head).SerializeToString())
     info = MODEL_INFO[name]
+    written = f"--slides {args.slides} --seed-base {args.seed_base}"
     if isinstance(head, bytes):
-        info = {**info, **CNN_INFO}
+        info = {**info, **CNN_INFO, "version": args.cnn_version}
+        written += f" --cnn-steps {args.cnn_steps}"
+        if args.fold_slides:
+            written += f" --fold-slides {args.fold_slides} --fold-seed-base {args.fold_seed_base}"
+        if args.init is not None:
+            written += f" --init {args.init.name} --cnn-lr {args.cnn_lr}"
+        if args.cnn_cycle != ",".join(ARTIFACT_CYCLE) or args.fold_weight != 4.0:
+            written += f" --cnn-cycle {args.cnn_cycle} --fold-weight {args.fold_weight}"
+    extra = ""
+    if args.fold_slides:
+        extra = f", fold_slides = {args.fold_slides}, fold_seed_base = {args.fold_seed_base}"
     shape = [-1, *nets.INPUT_SHAPES[name]]
     thresholds = "".join(f'"{k}" = {v}\n' for k, v in info["thresholds"].items())
     manifest = (
         f"# {info['description']}\n"
-        f"# Written by tools/train_models.py --slides {args.slides} --seed-base {args.seed_base}"
-        f"{' --cnn-steps ' + str(args.cnn_steps) if isinstance(head, bytes) else ''}\n"
+        f"# Written by tools/train_models.py {written}\n"
         f'name = "{name}"\nversion = "{info["version"]}"\nfile = "model.onnx"\n'
         f'sha256 = "{sha256_file(path)}"\nkind = "{info["kind"]}"\n'
         f"max_batch = {info['max_batch']}\n"
-        f"training = {{ slides = {args.slides}, seed_base = {args.seed_base} }}\n\n"
+        f"training = {{ slides = {args.slides}, seed_base = {args.seed_base}{extra} }}\n\n"
         f'[input]\nname = "image"\nshape = {shape}\nmpp = {info["mpp"]}\n'
         f'normalisation = "{info["normalisation"]}"\n\n'
         f'[output]\nname = "probabilities"\nclasses = {json.dumps(info["classes"])}\n\n'
