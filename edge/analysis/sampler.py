@@ -397,6 +397,11 @@ class AnalysisSampler:
         self._row = -1  # the tile row being applied (of the analysed level)
         self._tile_height = 0  # its tiles' height in level-0 px
         self.rows_in_order = True
+        # Final mosaic rows are rounded once, into the image `image` returns: the model's
+        # strips overlap (window margins) and the image is needed whole after the pass.
+        self._final = 0  # rows [0, _final) are final
+        self._image: npt.NDArray[np.uint8] | None = None
+        self._kept = 0  # rows [0, _kept) of _image are filled
         self.mosaic = MosaicAccumulator(geometry)
         # With the lower level's mosaic, glass tiles are not decoded (module docstring).
         self.low = low
@@ -467,8 +472,10 @@ class AnalysisSampler:
             self._apply(work.result())
 
     def _rows_final(self, rows: int) -> None:
-        if self._on_rows is not None and self.rows_in_order:
-            self._on_rows(rows)
+        if self.rows_in_order:
+            self._final = max(self._final, rows)
+            if self._on_rows is not None:
+                self._on_rows(rows)
 
     def _needs_decode(self, tile: StreamTile) -> bool:
         assert self._busy is not None
@@ -480,11 +487,25 @@ class AnalysisSampler:
         return bool(self._busy[y0 // d : y1, x0 // d : x1].any())
 
     def image(self) -> npt.NDArray[np.uint8]:
-        """The mosaic: decoded level-0 tiles, the lower level's pixels where none was."""
-        return self.mosaic.image(under=self.low)
+        """The mosaic: decoded level-0 tiles, the lower level's pixels where none was (call
+        once the pass has ended)."""
+        if not self.rows_in_order:  # rows once reported final changed after all
+            return self.mosaic.image(under=self.low)
+        height = self.geometry.mosaic_shape[0]
+        self._final = height
+        return self.rows(0, height)
 
     def rows(self, top: int, bottom: int) -> npt.NDArray[np.uint8]:
         """Mosaic rows [top, bottom) as `image` has them (final once reported so)."""
+        if self.rows_in_order and bottom <= self._final:
+            if self._image is None:
+                self._image = np.empty((*self.geometry.mosaic_shape, 3), np.uint8)
+            if bottom > self._kept:
+                self._image[self._kept : bottom] = self.mosaic.rows(
+                    self._kept, bottom, under=self.low
+                )
+                self._kept = bottom
+            return self._image[top:bottom]
         return self.mosaic.rows(top, bottom, under=self.low)
 
     def _reduce(self, tile: StreamTile) -> _Reduced:
