@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import math
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -93,3 +96,14 @@ def frames_of(path: Path) -> Iterator[bytes]:
         for offset, length in zip(found.offsets, found.lengths, strict=True):
             fh.seek(offset)
             yield fh.read(length)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script without a .py suffix (tools/bench, tools/gpu-check) as module `name`."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    loader.exec_module(module)
+    return module

@@ -7,13 +7,10 @@ checked by the `gpu`-marked tests, which skip where the library or the device is
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -35,22 +32,13 @@ from edge.analysis.backends.base import run_chunked
 from edge.analysis.backends.ort import OrtBackend
 from edge.analysis.backends.select import make_backend
 from edge.analysis.backends.tensorrt import engine_key
-from tests.helpers import run_edge
+from tests.helpers import load_script, run_edge
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_CHECK = REPO / "tools" / "gpu-check"
 
 
-def _load_gpu_check() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("gpu_check", str(GPU_CHECK))
-    spec = importlib.util.spec_from_loader("gpu_check", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-gpu_check = _load_gpu_check()
+gpu_check = load_script(GPU_CHECK, "gpu_check")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ working (its numbers are measured by running it, never asserted here)."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import re
 import sqlite3
@@ -12,25 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "tools" / "bench"
 
 
-def _load_bench() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("edge_bench_tool", str(BENCH))
-    spec = importlib.util.spec_from_loader("edge_bench_tool", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_script(BENCH, "edge_bench_tool")
 
 
 def test_process_cpu_counts_the_work_a_process_has_done() -> None:

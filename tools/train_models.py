@@ -71,25 +71,25 @@ def kit_specs(n: int, seed_base: int) -> list[SlideSpec]:
     g = np.random.default_rng(seed_base)
     specs = []
     for i in range(n):
-        mpp = 0.25 if g.random() < 0.75 else 0.5
-        side = int(g.integers(8000, 14000)) if mpp == 0.25 else int(g.integers(5000, 8000))
-        aspect = g.uniform(0.6, 0.9)
+        mpp, width, height = _slide_shape(g)
         k = int(g.integers(0, 4))
         arts = tuple(sorted(g.choice(KINDS, size=k, replace=False))) if k else ()
         if i % 2:  # every other slide: one of the kinds a rescan hinges on, for enough examples
             arts = tuple(sorted({*arts, FORCED[(i // 2) % len(FORCED)]}))
         stain = "IHC" if g.random() < 0.35 else "H&E"
         specs.append(
-            SlideSpec(
-                side // 16 * 16,
-                int(side * aspect) // 16 * 16,
-                seed=seed_base + i,
-                mpp=mpp,
-                stain=stain,
-                artifacts=arts,
-            )
+            SlideSpec(width, height, seed=seed_base + i, mpp=mpp, stain=stain, artifacts=arts)
         )
     return specs
+
+
+def _slide_shape(g: np.random.Generator) -> tuple[float, int, int]:
+    """(mpp, width, height) of a kit slide, three draws from g in a fixed order (the seeds'
+    slides depend on it): 3 in 4 at 0.25 µm/px, sides to a multiple of 16."""
+    mpp = 0.25 if g.random() < 0.75 else 0.5
+    side = int(g.integers(8000, 14000)) if mpp == 0.25 else int(g.integers(5000, 8000))
+    aspect = g.uniform(0.6, 0.9)
+    return mpp, side // 16 * 16, int(side * aspect) // 16 * 16
 
 
 def fold_specs(n: int, seed_base: int) -> list[SlideSpec]:
@@ -100,16 +100,14 @@ def fold_specs(n: int, seed_base: int) -> list[SlideSpec]:
     g = np.random.default_rng(seed_base)
     specs = []
     for i in range(n):
-        mpp = 0.25 if g.random() < 0.75 else 0.5
-        side = int(g.integers(8000, 14000)) if mpp == 0.25 else int(g.integers(5000, 8000))
-        aspect = g.uniform(0.6, 0.9)
+        mpp, width, height = _slide_shape(g)
         k = int(g.integers(0, 3))
         others = tuple(str(a) for a in g.choice([a for a in KINDS if a != "fold"], k, False))
         stain = "IHC" if i % 4 != 3 else "H&E"
         specs.append(
             SlideSpec(
-                side // 16 * 16,
-                int(side * aspect) // 16 * 16,
+                width,
+                height,
                 seed=seed_base + i,
                 mpp=mpp,
                 stain=stain,
