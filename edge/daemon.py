@@ -54,7 +54,7 @@ from edge.outbox.queries import OutboxReader
 from edge.outbox.retry import CircuitBreaker, RetryPolicy
 from edge.outbox.schema import DATABASE, connect, open_database
 from edge.outbox.store import Outbox
-from edge.pipeline import Stopping, analysis_options, boost, process
+from edge.pipeline import Stopping, analysis_options, priority_boost, process
 from edge.sync.plan import link_request_bytes, part_cap, prepare_for
 from edge.system.disk import DiskMonitor, DiskUsage, Watermarks, usage
 from edge.system.mdns import Announced, Announcement, announce, announceable_port
@@ -441,7 +441,9 @@ class Daemon:
                 try:
                     output = process(job, self.config, progress, converted)
                     for targets, files in self._copies(job.id, output.files):
-                        outbox.enqueue(files, targets, f"job-{job.id}", boost(output))
+                        outbox.enqueue(
+                            files, targets, f"job-{job.id}", priority_boost(output.job.priority)
+                        )
                 except Stopping:
                     jobs.release(job.id)
                     LOGGER.info("job %d: back in the queue (stopping)", job.id)

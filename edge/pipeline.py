@@ -224,11 +224,6 @@ def _from_worklist(
     return {**match.attributes, **patient}, match.note
 
 
-def boost(output: SlideOutput) -> int:
-    """Send order across slides from the triage priority: `priority_boost`."""
-    return priority_boost(output.job.priority)
-
-
 def priority_boost(priority: int) -> int:
     """Send order across slides from the triage priority (0-100; rescans score 80 and up),
     in ten steps: a rescan or a likely finding goes ahead of routine slides."""

@@ -488,12 +488,8 @@ class AnalysisSampler:
 
     def image(self) -> npt.NDArray[np.uint8]:
         """The mosaic: decoded level-0 tiles, the lower level's pixels where none was (call
-        once the pass has ended)."""
-        if not self.rows_in_order:  # rows once reported final changed after all
-            return self.mosaic.image(under=self.low)
-        height = self.geometry.mosaic_shape[0]
-        self._final = height
-        return self.rows(0, height)
+        once the pass has ended: every row is then final, and kept rows are reused)."""
+        return self.rows(0, self.geometry.mosaic_shape[0])
 
     def rows(self, top: int, bottom: int) -> npt.NDArray[np.uint8]:
         """Mosaic rows [top, bottom) as `image` has them (final once reported so)."""
