@@ -37,6 +37,7 @@ from edge.analysis.dense import (
 from edge.analysis.registry import DEFAULT_MODELS_DIR
 from edge.analysis.run import AnalysisOptions, AnalysisResult, priority, tissue_patches
 from edge.analysis.sampler import (
+    GLASS_SPREAD,
     MAX_MOSAIC_PIXELS,
     TISSUE_DARK,
     AnalysisSampler,
@@ -958,6 +959,45 @@ def test_tissue_mask_counts_pen_on_tissue_but_not_on_glass() -> None:
     assert t[60:140, 60:140].all()  # the pen over tissue is tissue beneath
     assert not t[:, 190:].any()
     assert not t[:40].any()
+
+
+def test_a_bubble_on_glass_is_not_tissue_but_tissue_under_a_bubble_is() -> None:
+    # Glass (grey), a pink tissue square; a bubble on the glass (dark grey rim, grey inside)
+    # and one over the tissue (rim, washed-out pink inside): the model calls both "bubble".
+    n = len(nets.ARTIFACT_CLASSES)
+    mosaic = np.full((200, 320, 3), (226, 226, 228), np.uint8)
+    mosaic[40:160, 20:140] = (200, 150, 190)
+    yy, xx = np.mgrid[:200, :320]
+    probs = np.zeros((n, 200, 320), np.float32)
+    probs[0] = 1.0
+    probs[:, 40:160, 20:140] = 0
+    probs[1, 40:160, 20:140] = 1.0
+    for cx, inside in ((240, (230, 230, 231)), (80, (222, 210, 219))):
+        r = np.hypot(yy - 100, xx - cx)
+        mosaic[r < 40] = inside
+        mosaic[(r >= 34) & (r < 40)] = (110, 110, 110)  # the refractive rim: dark, grey
+        probs[:, r < 40] = 0
+        probs[4, r < 40] = 1.0
+    t = qc.tissue_mask(probs, 1, 0, PIX_MM2, min_piece_mm2=0.01, stained=qc.still_stained(mosaic))
+    assert not t[:, 190:].any()  # the bubble on glass, rim and all
+    assert t[70:130, 50:110].all()  # washed-out tissue under the other bubble
+    # Before the colour-only test, the dark rim made the bubble on glass tissue.
+    dark_rim = tissue_like(mosaic, spread=GLASS_SPREAD)
+    assert qc.tissue_mask(probs, 1, 0, PIX_MM2, min_piece_mm2=0.01, stained=dark_rim)[100, 240]
+
+
+def test_fractions_use_the_area_cut_and_masks_the_detection_cut() -> None:
+    # A pen band whose probability falls off: 0.9 inside, 0.35 in a fringe on both sides.
+    pen = rect(50, 50, 60, SIDE, 0.35)
+    pen[60:100, 50 : 50 + SIDE] = 0.9
+    th = qc.Thresholds(probability={"pen": 0.3}, area_probability={"pen": 0.5}, smoothing_px=1)
+    found = qc.findings(maps(pen=pen), square_tissue(), D, MPP, th)
+    assert found.masks["pen"][50:110, 50 : 50 + SIDE].all()  # detection: the fringe too
+    assert found.fractions["pen"] == pytest.approx(40 / SIDE, abs=0.005)  # area: the core
+    # Without an area cut-off the fraction is the detection mask's.
+    plain = qc.Thresholds(probability={"pen": 0.3}, smoothing_px=1)
+    same = qc.findings(maps(pen=pen), square_tissue(), D, MPP, plain)
+    assert same.fractions["pen"] == pytest.approx(60 / SIDE, abs=0.005)
 
 
 # ---- run helpers -----------------------------------------------------------------------------

@@ -145,6 +145,19 @@ def test_manifest_disagreeing_with_graph_is_refused(tmp_path: Path) -> None:
         OrtBackend("ort-cpu").open(registry.load_model(folder))
 
 
+def test_manifest_cut_offs_are_read_and_bad_ones_named(tmp_path: Path) -> None:
+    folder = gpu_check.write_model(tmp_path, "cuts", gpu_check.tile_model_proto(32, 4), "tile")
+    manifest = folder / "manifest.toml"
+    text = manifest.read_text().split("[thresholds]")[0]
+    manifest.write_text(text + '[thresholds]\n"pen" = 0.25\n[area_thresholds]\n"pen" = 0.45\n')
+    spec = registry.load_model(folder)
+    assert (spec.thresholds, spec.area_thresholds) == ({"pen": 0.25}, {"pen": 0.45})
+    for bad in ('"pen" = 1.5', '"pen" = "high"', '"pen" = true'):
+        manifest.write_text(text + f"[area_thresholds]\n{bad}\n")
+        with pytest.raises(registry.ModelError, match=r"manifest\.toml: \[area_thresholds\]"):
+            registry.load_model(folder)
+
+
 # ---- selection -------------------------------------------------------------------------------
 
 NONE_USABLE: dict[str, str | None] = {n: f"{n} missing" for n in BACKEND_NAMES}

@@ -50,6 +50,13 @@ def test_calibration_takes_the_middle_of_a_plateau(train_models: ModuleType) -> 
     assert qc_bench.choose_cut(row) == 1
 
 
+def test_area_cut_is_the_least_fraction_error(train_models: ModuleType) -> None:
+    import qc_bench
+
+    assert qc_bench.choose_area_cut([0.3, 0.12, 0.1, 0.11, 0.2]) == 2
+    assert qc_bench.choose_area_cut([0.3, 0.1, 0.1 + 1e-12, 0.2]) == 1  # a tie: the lower cut
+
+
 def test_fold_specs_are_extra_and_leave_the_kit_alone(train_models: ModuleType) -> None:
     """The training-only fold slides (--fold-slides) all carry a fold, 3 in 4 on IHC, from
     their own seeds; the kit's specs (and so the validation and test slides) do not change."""

@@ -293,13 +293,25 @@ def choose_cut(row: list[Tally]) -> int:
     return near[(len(near) - 1) // 2]
 
 
+AREA_KINDS = ("pen", "fold", "bubble")  # fractions that decide a rescan, exact in the truth
+
+
+def choose_area_cut(errors: list[float]) -> int:
+    """Index of the cut-off whose fractions of tissue are closest to the truth's (the least
+    summed absolute error over the validation slides; the lower cut on a tie)."""
+    return int(np.argmin(np.round(errors, 9)))
+
+
 def calibrate(
     n: int, seed_base: int, workdir: Path, models_dir: Path, threads: int | None = None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per-class probability cut-offs from validation kit slides (seeds apart from both
-    training and evaluation): for each class the cut with the best F1 over tiles among those
-    with precision >= 0.95 (else the best F1), using the appliance's own smoothing and
-    minimum region size. Written into the manifests' [thresholds] by tools/train_models.py.
+    training and evaluation), using the appliance's own smoothing and minimum region size:
+    detection cut-offs (for each class the cut with the best F1 over tiles among those with
+    precision >= 0.95, else the best F1) and, for pen, fold and bubble, area cut-offs (the
+    cut whose fractions of tissue come closest to the truth's, summed over the slides that
+    have the class in truth or found). Written into the manifests' [thresholds] and
+    [area_thresholds] by tools/train_models.py.
     threads: the models' runtime threads (None: the appliance's default)."""
     from edge.analysis import qc
 
@@ -308,6 +320,7 @@ def calibrate(
     cuts = np.round(np.arange(0.1, 0.96, 0.05), 2)
     kinds = ("pen", "fold", "bubble", "debris", "edge")
     tallies = {k: [Tally() for _ in cuts] for k in (*kinds, "blur")}
+    area_errors = {k: np.zeros(len(cuts)) for k in AREA_KINDS}
     thresholds = qc.Thresholds()
     options = AnalysisOptions(backend="ort-cpu", models_dir=models_dir, threads=threads)
     for spec in eval_specs(n, seed_base):
@@ -317,6 +330,7 @@ def calibrate(
         d = result.geometry.mosaic_downsample
         pixel_mm2 = (result.geometry.mosaic_mpp / 1000) ** 2
         model = kit_model(spec)
+        truth_fractions = model.truth().affected_fraction
         masks = model.masks(d)
         empty = np.zeros_like(masks["tissue"])
         cell = TILE // d
@@ -326,10 +340,15 @@ def calibrate(
             actual = tile_fractions(masks.get(kind, empty), cell)
             keep = on_tissue & ((actual >= 0.5) | (actual == 0))
             smooth = qc.smoothed(kind, result.maps[kind], thresholds)
+            fractions = np.zeros(len(cuts))
             for i, cut in enumerate(cuts):
                 mask = qc.class_mask(kind, smooth, tissue, float(cut), thresholds, pixel_mm2)
                 predicted = tile_fractions(mask, cell) >= 0.5
                 tallies[kind][i].add(predicted[keep], (actual >= 0.5)[keep])
+                fractions[i] = (mask & tissue).sum() / max(int(tissue.sum()), 1)
+            truth_fraction = truth_fractions.get(kind, 0.0)
+            if kind in area_errors and (truth_fraction > 0 or fractions.any()):
+                area_errors[kind] += np.abs(fractions - truth_fraction)
         print(f"calibration slide {spec.seed} done", file=sys.stderr, flush=True)
     chosen: dict[str, float] = {}
     for kind, row in tallies.items():
@@ -343,4 +362,11 @@ def calibrate(
             f"{kind}: cut {cuts[best]} precision {t.precision:.3f} recall {t.recall:.3f}",
             file=sys.stderr,
         )
-    return chosen
+    area: dict[str, float] = {}
+    for kind, errors in area_errors.items():
+        best = choose_area_cut(list(errors))
+        area[kind] = float(cuts[best])
+        table = " ".join(f"{c}:{e:.3f}" for c, e in zip(cuts, errors, strict=True))
+        print(f"{kind} area (cut:summed |fraction error|) {table}", file=sys.stderr)
+        print(f"{kind}: area cut {cuts[best]} (summed error {errors[best]:.3f})", file=sys.stderr)
+    return chosen, area

@@ -349,6 +349,13 @@ def main() -> int:
         help="artifact-cnn: the kinds anchored windows take in turn (repeat one to weigh it)",
     )
     ap.add_argument("--fold-weight", type=float, default=4.0, help="artifact-cnn fold loss weight")
+    ap.add_argument(
+        "--cnn-threads",
+        type=int,
+        default=1,
+        help="artifact-cnn torch threads (the result "
+        "depends on it: deterministic for a given count)",
+    )
     ap.add_argument("--cnn-version", default=CNN_INFO["version"], help="the manifest's version")
     ap.add_argument(
         "--init",
@@ -400,6 +407,7 @@ def main() -> int:
             lr=args.cnn_lr,
             cycle=tuple(args.cnn_cycle.split(",")),
             fold_weight=args.fold_weight,
+            threads=args.cnn_threads,
         )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
@@ -411,13 +419,17 @@ def main() -> int:
         from qc_bench import calibrate
 
         one = 1 if args.jobs == 1 else None  # --jobs 1: one core for the models too
-        cuts = calibrate(48, 20000, args.cache / "validation", args.out, threads=one)
+        cuts, area = calibrate(48, 20000, args.cache / "validation", args.out, threads=one)
         for name, classes in (("focus", ("blur",)), ("artifact", PRECEDENCE)):
             manifest = args.out / name / "manifest.toml"
             text = manifest.read_text(encoding="utf-8").split("[thresholds]")[0]
             lines = "".join(f'"{k}" = {cuts[k]}\n' for k in classes)
-            manifest.write_text(f"{text}[thresholds]\n{lines}", encoding="utf-8")
-        print(f"calibrated cut-offs: {cuts}", flush=True)
+            text += f"[thresholds]\n{lines}"
+            if name == "artifact":
+                lines = "".join(f'"{k}" = {v}\n' for k, v in area.items())
+                text += f"\n[area_thresholds]  # for the fractions of tissue\n{lines}"
+            manifest.write_text(text, encoding="utf-8")
+        print(f"calibrated cut-offs: {cuts}; area cut-offs: {area}", flush=True)
     return 0
 
 

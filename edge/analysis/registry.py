@@ -41,6 +41,8 @@ class ModelSpec:
     normalisation: str  # human-readable: how uint8 pixels become the input tensor
     max_batch: int = 64
     thresholds: dict[str, float] = field(default_factory=dict)
+    # Cut-offs for the fraction-of-tissue estimate (qc.Thresholds.area_probability).
+    area_thresholds: dict[str, float] = field(default_factory=dict)
     kind: str = "tile"  # "tile": one prediction per input; "dense": per output pixel
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,11 +90,8 @@ def load_manifest(folder: Path) -> ModelSpec:
     if len(shape) != 4 or not all(isinstance(v, int) for v in shape) or min(shape[1:]) < 1:
         raise ModelError(f"{manifest}: input.shape must be [batch, channels, height, width]")
     classes = _need(manifest, out, "classes", list)
-    thresholds = data.get("thresholds", {})
-    if not isinstance(thresholds, dict) or not all(
-        isinstance(v, int | float) for v in thresholds.values()
-    ):
-        raise ModelError(f"{manifest}: [thresholds] must map names to numbers")
+    thresholds = _cut_offs(manifest, data, "thresholds")
+    area_thresholds = _cut_offs(manifest, data, "area_thresholds")
     file = folder / _need(manifest, data, "file", str)
     return ModelSpec(
         name=_need(manifest, data, "name", str),
@@ -106,13 +105,25 @@ def load_manifest(folder: Path) -> ModelSpec:
         mpp=float(_need(manifest, inp, "mpp", float | int)),  # type: ignore[arg-type]
         normalisation=_need(manifest, inp, "normalisation", str),
         max_batch=int(data.get("max_batch", 64)),
-        thresholds={str(k): float(v) for k, v in thresholds.items()},
+        thresholds=thresholds,
+        area_thresholds=area_thresholds,
         kind=str(data.get("kind", "tile")),
         extra={k: v for k, v in data.items() if k not in _KNOWN},
     )
 
 
-_KNOWN = {"name", "version", "file", "sha256", "input", "output", "max_batch", "thresholds", "kind"}
+def _cut_offs(manifest: Path, data: dict[str, Any], table: str) -> dict[str, float]:
+    found = data.get(table, {})
+    if not isinstance(found, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+        for v in found.values()
+    ):
+        raise ModelError(f"{manifest}: [{table}] must map class names to numbers in 0..1")
+    return {str(k): float(v) for k, v in found.items()}
+
+
+_KNOWN = {"name", "version", "file", "sha256", "input", "output", "max_batch", "kind"}
+_KNOWN |= {"thresholds", "area_thresholds"}
 
 
 def verify(spec: ModelSpec) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from edge.analysis import nets, qc, registry
 from edge.analysis.backends.base import Session
@@ -189,8 +188,13 @@ class Analyser:
         # unless the options already set them.
         cuts = {**specs["focus"].thresholds, **specs["artifact"].thresholds}
         cuts.update(options.thresholds.probability)
+        area = {**specs["focus"].area_thresholds, **specs["artifact"].area_thresholds}
+        area.update(options.thresholds.area_probability)
         options = dataclasses.replace(
-            options, thresholds=dataclasses.replace(options.thresholds, probability=cuts)
+            options,
+            thresholds=dataclasses.replace(
+                options.thresholds, probability=cuts, area_probability=area
+            ),
         )
         analyser = cls(options, sessions, specs)
         analyser._open_site_models()
@@ -309,13 +313,11 @@ class Analyser:
                 self.sessions["artifact"].run, mosaic, len(nets.ARTIFACT_CLASSES), busy=_FAINT
             )
             model_seconds = time.monotonic() - t
-        faint = _FAINT(mosaic)
         dense_seconds = time.monotonic() - t
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
-        stained = ndimage.uniform_filter(faint.astype(np.float32), 5)
         tissue = qc.tissue_mask(
-            art, idx["tissue"], idx["background"], pixel_mm2, stained=stained >= 0.5
+            art, idx["tissue"], idx["background"], pixel_mm2, stained=qc.still_stained(mosaic)
         )
         maps: dict[str, npt.NDArray[np.floating[Any]]] = {
             "tissue": (1.0 - art[idx["background"]]).astype(np.float16)

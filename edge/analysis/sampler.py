@@ -140,14 +140,20 @@ def tissue_like(rgb: npt.NDArray[np.uint8], spread: int = TISSUE_SPREAD) -> npt.
     # Channel by channel: numpy's reductions over a last axis of 3 run ~14x slower than
     # these element-wise passes, and this runs over whole mosaics several times a slide.
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    chroma = np.maximum(np.maximum(r, g), b)
-    chroma -= np.minimum(np.minimum(r, g), b)  # max >= min: no uint8 wrap-around
     # The sum, not the mean: no float64 copy of a whole mosaic (78 MB at 9.8 MP).
     total = r.astype(np.uint16)
     total += g
     total += b
-    found: npt.NDArray[np.bool_] = (chroma > spread) | (total < 3 * TISSUE_DARK)
+    found: npt.NDArray[np.bool_] = (chroma(rgb) > spread) | (total < 3 * TISSUE_DARK)
     return found
+
+
+def chroma(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """max - min over R, G, B per pixel: 0 for grey (glass, a bubble's rim), more for stain."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    out: npt.NDArray[np.uint8] = np.maximum(np.maximum(r, g), b)
+    out -= np.minimum(np.minimum(r, g), b)  # max >= min: no uint8 wrap-around
+    return out
 
 
 class MosaicAccumulator:
