@@ -430,7 +430,7 @@ def test_converted_and_qc_objects_are_handed_over_as_soon_as_written(
     pyramid, report_then = handed[0]
     assert "level-00.dcm" in pyramid and not set(pyramid) & set(qc_names) and not report_then
     if qc_first:
-        assert handed[1:] == [(qc_names, False)]
+        assert [(sorted(names), then) for names, then in handed[1:]] == [(qc_names, False)]
         assert boosts == [0, min(100, report["priority"]) // 10]  # the QC's triage, known now
     else:
         assert handed[1:] == []
@@ -994,6 +994,8 @@ def test_fractions_use_the_area_cut_and_masks_the_detection_cut() -> None:
     found = qc.findings(maps(pen=pen), square_tissue(), D, MPP, th)
     assert found.masks["pen"][50:110, 50 : 50 + SIDE].all()  # detection: the fringe too
     assert found.fractions["pen"] == pytest.approx(40 / SIDE, abs=0.005)  # area: the core
+    # The regions (report, GeoJSON, annotations) are the detection mask's.
+    assert found.regions["pen"][0].area_mm2 == pytest.approx(60 * SIDE * PIX_MM2, rel=0.01)
     # Without an area cut-off the fraction is the detection mask's.
     plain = qc.Thresholds(probability={"pen": 0.3}, smoothing_px=1)
     same = qc.findings(maps(pen=pen), square_tissue(), D, MPP, plain)

@@ -249,11 +249,11 @@ def findings(
         smooth = smoothed(kind, prob, thresholds)
         mask = class_mask(kind, smooth, tissue, thresholds.cut(kind), thresholds, pixel_mm2)
         masks[kind] = mask
+        regions[kind] = regions_of(mask, kind, downsample, pixel_mm2)
         area_cut = thresholds.area_cut(kind)
         if area_cut != thresholds.cut(kind):
             mask = class_mask(kind, smooth, tissue, area_cut, thresholds, pixel_mm2)
         fractions[kind] = float((mask & tissue).sum()) / n_tissue if n_tissue else 0.0
-        regions[kind] = regions_of(mask, kind, downsample, pixel_mm2)
     _, fragments = ndimage.label(tissue)
     return Findings(tissue, masks, fractions, regions, n_tissue * pixel_mm2, int(fragments))
 
