@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from edge.analysis import nets, qc
 from edge.analysis import run as run_module
@@ -984,6 +985,37 @@ def test_a_bubble_on_glass_is_not_tissue_but_tissue_under_a_bubble_is() -> None:
     # Before the colour-only test, the dark rim made the bubble on glass tissue.
     dark_rim = tissue_like(mosaic, spread=GLASS_SPREAD)
     assert qc.tissue_mask(probs, 1, 0, PIX_MM2, min_piece_mm2=0.01, stained=dark_rim)[100, 240]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boxed_mask_operations_equal_the_whole_mosaic_ones(seed: int) -> None:
+    # Blobs (some with holes, some at the mosaic's edge) on an otherwise empty map: every
+    # operation done on the box around them equals the same operation on the whole map.
+    rng = np.random.default_rng(seed)
+    prob = np.zeros((300, 400), np.float32)
+    for _ in range(int(rng.integers(1, 5))):
+        y, x = int(rng.integers(-20, 300)), int(rng.integers(-20, 400))
+        h, w = int(rng.integers(3, 60)), int(rng.integers(3, 60))
+        prob[max(0, y) : y + h, max(0, x) : x + w] = rng.uniform(0.2, 1.0)
+        prob[max(0, y) + h // 3 : y + h // 2, max(0, x) + w // 3 : x + w // 2] = 0.0  # a hole
+    prob += rng.uniform(0, 0.05, prob.shape).astype(np.float32)  # the faint rest of a map
+    th = qc.Thresholds()
+    full = qc.smoothed("pen", prob, th)
+    for cut in (0.1, 0.3, 0.5):
+        boxed = qc.smoothed("pen", prob, th, floor=cut)
+        assert np.array_equal(boxed >= cut, full >= cut)
+        mask = full >= cut
+        assert np.array_equal(
+            qc.within_box(mask, ndimage.binary_fill_holes), ndimage.binary_fill_holes(mask)
+        )
+        opening = lambda m: ndimage.binary_opening(m, iterations=1)  # noqa: E731
+        assert np.array_equal(qc.within_box(mask, opening, margin=2), opening(mask))
+        labels, n = ndimage.label(mask)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        expected = (sizes >= 200)[labels] & mask
+        assert np.array_equal(qc.remove_small(mask, 200), expected)
+    empty = np.zeros((30, 40), bool)
+    assert not qc.within_box(empty, ndimage.binary_fill_holes).any()
 
 
 def test_fractions_use_the_area_cut_and_masks_the_detection_cut() -> None:
