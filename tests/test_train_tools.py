@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 from edge.synth import texture
@@ -88,3 +89,29 @@ def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) ->
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": x.numpy()})[0]
     assert abs(got - want).max() < 1e-4
+
+
+def test_hard_fold_windows_go_where_a_model_missed(train_models: ModuleType) -> None:
+    """--hard-folds: fold windows are drawn from slides and pixels in proportion to 0.1 + the
+    previous model's miss; without misses every slide is as likely (and the draws repeat)."""
+    pytest.importorskip("torch")
+    import train_artifact_cnn as cnn
+
+    from edge.analysis import nets
+
+    fold = nets.ARTIFACT_CLASSES.index("fold")
+    samples, labels = [], []
+    for _ in range(2):
+        label = np.ones((300, 300), np.int64)
+        label[100:200, 100:200] = fold
+        samples.append({"mosaic": np.full((300, 300, 3), 200, np.uint8)})
+        labels.append(label)
+    missed = [np.ones((300, 300), np.float16), np.zeros((300, 300), np.float16)]
+    data = cnn.Windows(samples, labels, 0, ("fold",), missed)
+    odds = data.slide_odds[fold]
+    assert odds is not None and odds == pytest.approx([1.1 / 1.2, 0.1 / 1.2])
+    plain = cnn.Windows(samples, labels, 0, ("fold",))
+    assert plain.slide_odds[fold] is None
+    again = cnn.Windows(samples, labels, 0, ("fold",))
+    for _ in range(3):
+        assert np.array_equal(plain.draw(4)[0].numpy(), again.draw(4)[0].numpy())

@@ -105,6 +105,7 @@ class Windows:
         labels: list[npt.NDArray],
         seed: int,
         cycle: tuple[str, ...] = ARTIFACTS,
+        misses: list[npt.NDArray] | None = None,
     ):
         self.g = np.random.default_rng(seed)
         self.images = [
@@ -113,14 +114,26 @@ class Windows:
         ]
         self.labels = [np.pad(y, WINDOW, mode="edge") for y in labels]
         self.anchors: dict[int, list[tuple[int, npt.NDArray]]] = {}
+        # Per class, how often each slide's anchors are drawn: evenly, except for folds when
+        # `misses` (per slide, per pixel, 1 - a previous model's fold probability) is given:
+        # then slides and pixels in proportion to 0.1 + the miss, so the windows go where
+        # that model fails (hard examples) without dropping the folds it already finds.
+        self.slide_odds: dict[int, npt.NDArray[np.float64] | None] = {}
+        fold = nets.ARTIFACT_CLASSES.index("fold")
         for cls in range(len(nets.ARTIFACT_CLASSES)):
-            spots = []
+            spots, odds = [], []
             for i, y in enumerate(labels):
                 yy, xx = np.nonzero(y == cls)
                 if len(yy):
-                    pick = self.g.choice(len(yy), size=min(4000, len(yy)), replace=False)
+                    weight = None
+                    if misses is not None and cls == fold:
+                        weight = 0.1 + misses[i][yy, xx].astype(np.float64)
+                        odds.append(float(weight.mean()))
+                        weight /= weight.sum()
+                    pick = self.g.choice(len(yy), size=min(4000, len(yy)), replace=False, p=weight)
                     spots.append((i, np.stack([yy[pick], xx[pick]], 1)))
             self.anchors[cls] = spots
+            self.slide_odds[cls] = np.asarray(odds) / sum(odds) if odds else None
         self.kinds = [nets.ARTIFACT_CLASSES.index(k) for k in cycle if self.anchors[
             nets.ARTIFACT_CLASSES.index(k)]]  # fmt: skip
         self.turn = 0
@@ -133,8 +146,13 @@ class Windows:
                 self.turn += 1
             else:
                 cls = nets.ARTIFACT_CLASSES.index("tissue")
-            spots = self.anchors[cls]
-            i, pts = spots[int(self.g.integers(len(spots)))]
+            spots, odds = self.anchors[cls], self.slide_odds[cls]
+            pick = (
+                self.g.choice(len(spots), p=odds)
+                if odds is not None
+                else self.g.integers(len(spots))
+            )
+            i, pts = spots[int(pick)]
             cy, cx = pts[int(self.g.integers(len(pts)))]
             # The anchor anywhere in the scored centre, not always in the middle.
             half = (WINDOW - 2 * MARGIN) // 2
@@ -151,6 +169,28 @@ class Windows:
         x = torch.from_numpy(np.ascontiguousarray(np.stack(xs), np.float32) / 255.0)
         y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)))
         return x, y
+
+
+def fold_misses(samples: list[dict[str, Any]], model: Path) -> list[npt.NDArray[np.float16]]:
+    """Per sample mosaic, 1 - the fold probability an exported artifact model gives each
+    pixel (run as the appliance runs it), for hard-example windows (Windows' `misses`)."""
+    import onnxruntime as ort
+
+    from edge.analysis.dense import predict_dense
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    fold = nets.ARTIFACT_CLASSES.index("fold")
+
+    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = sess.run(None, {"image": batch})[0]
+        return out
+
+    return [
+        (1.0 - predict_dense(run, s["mosaic"], len(nets.ARTIFACT_CLASSES))[fold]).astype(np.float16)
+        for s in samples
+    ]
 
 
 def load_onnx(net: ArtifactNet, path: Path) -> None:
@@ -199,6 +239,7 @@ def train(
     lr: float = 3e-3,
     cycle: tuple[str, ...] = ARTIFACTS,
     fold_weight: float = 4.0,
+    misses: list[npt.NDArray] | None = None,
 ) -> ArtifactNet:
     """checkpoints: a folder for the weights every 250 steps (a long run on a busy machine
     can then be looked at before it ends; the result does not depend on it).
@@ -208,7 +249,7 @@ def train(
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
-    data = Windows(samples, labels, seed, cycle)
+    data = Windows(samples, labels, seed, cycle, misses)
     net = ArtifactNet(width)
     if init is not None:
         if init.suffix == ".onnx":

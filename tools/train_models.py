@@ -350,6 +350,13 @@ def main() -> int:
     )
     ap.add_argument("--fold-weight", type=float, default=4.0, help="artifact-cnn fold loss weight")
     ap.add_argument(
+        "--hard-folds",
+        type=Path,
+        default=None,
+        help="artifact-cnn: draw fold windows where this exported model (model.onnx) misses "
+        "folds (hard examples)",
+    )
+    ap.add_argument(
         "--cnn-threads",
         type=int,
         default=1,
@@ -397,6 +404,11 @@ def main() -> int:
         labels = [
             labels_from_masks({k[5:]: s[k] for k in s if k.startswith("mask_")}) for s in samples
         ]
+        misses = None
+        if args.hard_folds is not None:
+            t1 = time.time()
+            misses = cnn.fold_misses(samples, args.hard_folds)
+            print(f"fold misses of {args.hard_folds} in {time.time() - t1:.0f} s", flush=True)
         net = cnn.train(
             samples,
             labels,
@@ -408,6 +420,7 @@ def main() -> int:
             cycle=tuple(args.cnn_cycle.split(",")),
             fold_weight=args.fold_weight,
             threads=args.cnn_threads,
+            misses=misses,
         )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
