@@ -349,6 +349,7 @@ def main() -> int:
         help="artifact-cnn: the kinds anchored windows take in turn (repeat one to weigh it)",
     )
     ap.add_argument("--fold-weight", type=float, default=4.0, help="artifact-cnn fold loss weight")
+    ap.add_argument("--cnn-width", type=int, default=16, help="artifact-cnn base channel count")
     ap.add_argument(
         "--hard-folds",
         type=Path,
@@ -421,6 +422,7 @@ def main() -> int:
             fold_weight=args.fold_weight,
             threads=args.cnn_threads,
             misses=misses,
+            width=args.cnn_width,
         )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
