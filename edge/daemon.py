@@ -99,6 +99,9 @@ class Daemon:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.changed = threading.Event()  # a watch folder changed (inotify)
+        # Set when a slide's instances are queued: an idle forwarder starts at once instead
+        # of at its next half-second look at the outbox.
+        self.queued = {d.name: threading.Event() for d in config.destinations}
         self.health = Health()
         self.database = config.state_dir / DATABASE
         self._notify = notify or (lambda line: None)
@@ -179,6 +182,7 @@ class Daemon:
             self.stop.set()
             self.wake.set()
             self.changed.set()
+            self._wake_forwarders()
             if self.receiver is not None:
                 self.receiver.stop()
             self.watchdog.stop()
@@ -444,6 +448,7 @@ class Daemon:
                         outbox.enqueue(
                             files, targets, f"job-{job.id}", priority_boost(output.job.priority)
                         )
+                    self._wake_forwarders()
                 except Stopping:
                     jobs.release(job.id)
                     LOGGER.info("job %d: back in the queue (stopping)", job.id)
@@ -480,6 +485,11 @@ class Daemon:
         names = [d.name for d in self.config.destinations]
         for targets, parts in self._parts(job_id, [(names, files)]):
             outbox.enqueue(parts, targets, f"job-{job_id}", boost)
+        self._wake_forwarders()
+
+    def _wake_forwarders(self) -> None:
+        for event in self.queued.values():
+            event.set()
 
     def _copies(self, job_id: int, files: list[Path]) -> list[tuple[list[str], list[Path]]]:
         """Which files go to which destinations: the identified slide to those that take it,
@@ -580,7 +590,9 @@ class Daemon:
                     if result.delivered or result.parked:
                         self._audit_sends(outbox, dest_config.name, result.delivered, result.parked)
                     if result.batches == 0:
-                        self.stop.wait(0.5)
+                        queued = self.queued[dest_config.name]
+                        queued.wait(0.5)
+                        queued.clear()
             finally:
                 destination.close()
 
