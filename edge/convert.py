@@ -31,7 +31,7 @@ from edge.fileio import partial_dir, replace_dir
 from edge.slide.model import AssociatedKind
 from edge.slide.open import open_slide
 from edge.slide.source import SlideSource
-from edge.slide.stream import TileConsumer, stream_tiles
+from edge.slide.stream import ReadsBack, TileConsumer, stream_tiles
 
 LOGGER = logging.getLogger(__name__)
 ASSUMED_MPP = 0.25  # µm/px used only when the file states no pixel size (40x-equivalent)
@@ -305,6 +305,9 @@ def _convert_open(
             progress(done, total)
 
     writer = WsiWriter(source.levels, plan, specs, encoder, open_writer)
+    for consumer in extra_consumers:
+        if isinstance(consumer, ReadsBack):  # the analysis: the pass need not wait for it
+            consumer.read_back_from(writer.frame_copy)
     try:
         stream_tiles(source, (writer, *extra_consumers), tick)
     except BaseException:

@@ -8,7 +8,9 @@ and never pin a sha256 or a score.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 import threading
 import tomllib
 from collections.abc import Callable
@@ -26,7 +28,8 @@ from scipy import ndimage
 
 from edge.analysis import nets, qc
 from edge.analysis import run as run_module
-from edge.analysis.api import analyse_path
+from edge.analysis import sampler as sampler_module
+from edge.analysis.api import analyse_file, analyse_path
 from edge.analysis.dense import (
     HALF_TINY,
     INNER,
@@ -395,7 +398,7 @@ def test_a_pass_that_fails_leaves_no_model_thread_behind(
         )
     with pytest.raises(Stopping):
         analyse_path(synthetic_svs, AnalysisOptions(), interrupted)
-    assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("edge-a")]
     result = analyse_path(synthetic_svs, AnalysisOptions())  # and the next slide still works
     assert result.available and result.seconds["artifact_model"] >= 0
     assert not [t for t in threading.enumerate() if t.name == "edge-artifact"]
@@ -436,6 +439,44 @@ def test_converted_and_qc_objects_are_handed_over_as_soon_as_written(
     else:
         assert handed[1:] == []
     assert sorted(p.name for p in Path(result.output).glob("*.dcm")) == sorted(pyramid + qc_names)
+
+
+@pytest.mark.parametrize("budget", [0, 200_000, sampler_module.READ_BACK_AFTER_BYTES])
+def test_tiles_read_back_from_the_conversion_give_the_same_analysis(
+    synthetic_svs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """The conversion does not wait for the decoders: past `budget` bytes of tiles waiting,
+    the rest of level 0 is decoded after the pass from the conversion's own copy. Whether a
+    tile came from the stream or from the copy, the report, the heatmaps (to the byte) and
+    the verdict are those of an analysis that read the file alone; no thread or file
+    descriptor is left behind."""
+    reference = analyse_file(synthetic_svs, tmp_path / "alone")
+    threads = {t.name for t in threading.enumerate()}
+    fds = len(os.listdir("/proc/self/fd"))
+    default = sampler_module.READ_BACK_AFTER_BYTES
+    monkeypatch.setattr(sampler_module, "READ_BACK_AFTER_BYTES", budget)
+    out = tmp_path / "converted"
+    _, report = convert_and_analyse(synthetic_svs, out, ConvertOptions(), AnalysisOptions())
+    assert report is not None
+    read_back = report["tiles"]["read_back"]
+    if budget == 0:
+        assert read_back > 0.8 * reference["tiles"]["decoded"]  # nearly all from the copy
+    elif budget == default:
+        assert read_back == 0  # a small slide: the decoders kept up
+    else:
+        assert 0 < read_back < reference["tiles"]["decoded"]  # some of each
+    assert report["tiles"]["decoded"] == reference["tiles"]["decoded"]
+    assert report["tiles"]["skipped_glass"] == reference["tiles"]["skipped_glass"]
+    for key in ("verdict", "reasons", "classes", "stain", "priority", "tissue_mm2", "fragments"):
+        assert report[key] == reference[key], key
+    heatmaps = tmp_path / "alone" / "heatmaps"
+    assert sorted(p.name for p in heatmaps.iterdir())
+    for png in heatmaps.iterdir():
+        got = out / f"{synthetic_svs.stem}.qc" / "heatmaps" / png.name
+        assert got.read_bytes() == png.read_bytes(), png.name
+    assert json.loads((out / f"{synthetic_svs.stem}.qc" / "report.json").read_text())["tiles"]
+    assert {t.name for t in threading.enumerate()} <= threads
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_model_during_the_pass_and_after_it_give_the_same_maps(

@@ -14,7 +14,7 @@ from pydicom.encaps import generate_frames
 from edge.convert import convert
 from edge.dicom import metadata as md
 from edge.dicom import wsi
-from edge.dicom.writer import FrameWriter
+from edge.dicom.writer import FrameCopy, FrameWriter
 from edge.errors import OutputError
 from edge.slide.model import SlideMetadata
 from tests.conftest import dciodvfy_errors
@@ -80,6 +80,35 @@ def test_frames_round_trip_through_both_offset_tables(tmp_path: Path, extended: 
     ratio = float(read.LossyImageCompressionRatio)
     assert ratio == pytest.approx(5 * 64 * 64 * 3 / sum(len(f) for f in frames), rel=1e-3)
     assert dciodvfy_errors(path) == []
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_frames_read_back_from_the_written_file_after_a_rename(
+    tmp_path: Path, extended: bool
+) -> None:
+    """The analysis reads back tiles it fell behind on from the instance the conversion
+    wrote (FrameCopy): the exact bytes of each frame, by index, also after the output folder
+    was renamed into place, and never before the file is complete."""
+    frames = _frames(4)
+    frames[1] = frames[1] + b"\xff"  # odd: padded in the file, read back without the pad
+    spec = _spec(4)
+    ds = md.build_dataset(spec, SlideMetadata(format="test"), _ident(), WHEN)
+    path = tmp_path / "partial" / "x.dcm"
+    path.parent.mkdir()
+    writer = FrameWriter(path, ds, md.file_meta(spec), 4, extended_offsets=extended)
+    copy = FrameCopy(writer)
+    for frame in frames:
+        writer.add(frame)
+    with pytest.raises(OutputError, match="before the file was closed"):
+        copy.read(0)
+    writer.close()
+    copy.seal()
+    path.parent.rename(tmp_path / "final")  # the atomic rename of the output folder
+    assert [copy.read(i) for i in (3, 0, 2, 1)] == [frames[3], frames[0], frames[2], frames[1]]
+    with pytest.raises(IndexError):
+        copy.read(4)
+    copy.close()
+    copy.close()  # idempotent
 
 
 def test_wrong_frame_count_is_an_error(tmp_path: Path) -> None:

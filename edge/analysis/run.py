@@ -280,7 +280,9 @@ class Analyser:
         return self._sampler.level_index if self._sampler is not None else 0
 
     def close(self) -> None:
-        """Stop the slide's model thread (a pass that failed never reaches `finish`)."""
+        """Stop the slide's threads (a pass that failed never reaches `finish`)."""
+        if self._sampler is not None:
+            self._sampler.close()
         if self._dense is not None:
             self._dense.stop()
 
@@ -298,6 +300,8 @@ class Analyser:
         assert self._sampler is not None and self._focus is not None
         sampler, geometry = self._sampler, self._sampler.geometry
         pass_seconds = time.monotonic() - self._started
+        sampler.drain()  # the tiles the conversion did not wait for (sampler docstring)
+        drain_seconds = time.monotonic() - self._started - pass_seconds
         t = time.monotonic()
         if self._dense is not None and sampler.rows_in_order:
             # The model has worked on final rows during the pass; the rest run now.
@@ -351,6 +355,7 @@ class Analyser:
             backend=self.backend,
             seconds={
                 "pass": round(pass_seconds, 3),
+                "read_back": round(drain_seconds, 3),
                 "focus_model": round(self._focus_seconds, 3),
                 "artifact_model": round(model_seconds, 3),
                 "artifact_after_pass": round(dense_seconds, 3),
@@ -361,6 +366,7 @@ class Analyser:
                 "level": sampler.level_index,
                 "decoded": sampler.tiles_seen,
                 "skipped_glass": sampler.tiles_skipped,
+                "read_back": sampler.tiles_read_back,
             },
             focus_scores=self._focus.scores,
             mosaic=mosaic,

@@ -14,8 +14,15 @@ level-0 tiles whose footprint holds nothing but clean glass there are skipped; t
 the lower level's pixels where no level-0 tile was decoded. On a typical slide most tiles are
 glass, and the Huffman decoding of level 0 is most of the analysis's CPU.
 
-Memory: the mosaic (bounded by MAX_MOSAIC_PIXELS through the choice of its downsample) and one
-batch of focus crops; never a full level.
+The conversion does not wait for the analysis. Decoding level 0 takes several times longer
+than copying its compressed tiles into DICOM, so when the decoders fall behind by
+READ_BACK_AFTER_BYTES of compressed tiles, the rest of the level is taken after the pass from
+the conversion's own copy of those tiles (edge.dicom.writer.FrameCopy: the same bytes, read
+back from local disk) while the pyramid is already on its way to the PACS; the scanner's file
+is still read once. Results are applied in read order either way, so they are the same.
+
+Memory: the mosaic (bounded by MAX_MOSAIC_PIXELS through the choice of its downsample), one
+batch of focus crops and at most READ_BACK_AFTER_BYTES of tiles waiting; never a full level.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,8 +44,8 @@ from PIL import Image
 from scipy import ndimage
 
 from edge.slide.model import Codec, Level
-from edge.slide.source import SlideSource
-from edge.slide.stream import StreamTile
+from edge.slide.source import Frame, SlideSource
+from edge.slide.stream import CopiedFrames, StreamTile
 
 FOCUS_UM = 1.0  # µm per pixel of the focus model's input
 MOSAIC_UM = 4.0  # µm per pixel of the mosaic (artifact, tissue, stain)
@@ -50,6 +58,9 @@ TISSUE_SPREAD = 18  # max-min over RGB above this: stained (not grey glass)
 TISSUE_DARK = 200  # or mean below this: dark enough to be tissue
 GLASS_SPREAD = 10  # the gate's "anything stained at all" (the artifact model's superset)
 GATE_MARGIN = 2  # mosaic px around anything stained whose level-0 tiles are still decoded
+# Compressed tiles the decoders may fall behind the pass before the rest of the level is read
+# back from the conversion's copy (module docstring): ~300 JPEG tiles at quality 90.
+READ_BACK_AFTER_BYTES = 16 << 20
 
 
 def pow2_near(value: float, lo: int, hi: int) -> int:
@@ -421,50 +432,134 @@ class AnalysisSampler:
         self.tiles_seen = 0
         self.crops_scored = 0
         # Decoding releases the GIL: tiles are reduced on worker threads while the read
-        # loop goes on; results are applied in order, at most _ahead tiles behind.
+        # loop goes on; results are applied in order, at most _ahead tiles behind (or, with
+        # the conversion's copy to read back from, READ_BACK_AFTER_BYTES).
         self._workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
-        # (tile row, the tile's work, or None for a skipped tile): applied in read order
-        self._pending: deque[tuple[int, Future[_Reduced] | None]] = deque()
+        # (tile row, the tile's work or None for a skipped tile, its compressed bytes): applied
+        # in read order
+        self._pending: deque[tuple[int, Future[_Reduced] | None, int]] = deque()
+        self._pending_bytes = 0
         self._ahead = 4 * max(self._workers, 1)
+        # Reading back (module docstring): the copies offered by the conversion, the analysed
+        # level's copy, and once the decoders fell behind, the rest of the level as (tile row,
+        # frame index or -1 for glass) to read back after the pass.
+        self._copies: Callable[[Level], CopiedFrames | None] | None = None
+        self._copy: CopiedFrames | None = None
+        self._level: Level | None = None
+        self._deferred: list[tuple[int, int]] | None = None
+        self._level_open = False  # the level's pass ended, its tiles not all applied yet
+        self.tiles_read_back = 0
+
+    def read_back_from(self, copies: Callable[[Level], CopiedFrames | None]) -> None:
+        """ReadsBack: the conversion offers its copy of the frames it writes."""
+        self._copies = copies
 
     def start_level(self, level: Level) -> None:
         self._active = level.index == self.level_index
         if self._active:
             self._tile_height = level.tile_height * self._d
+            self._level = level
+            if self._copies is not None and level.codec is Codec.JPEG:
+                self._copy = self._copies(level)
         if self._active and self._workers > 1 and self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="edge-analysis")
+        if self._active and self._copy is not None and self._pool is None:
+            self._deferred = []  # no decoding thread: the whole level after the pass
 
     def end_level(self, level: Level) -> None:
-        if self._active:
-            while self._pending:
-                self._settle(*self._pending.popleft())
-            self.flush()
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
-            self._rows_final(self.geometry.mosaic_shape[0])
+        if self._active and self._copy is not None:
+            self._level_open = True  # finished by drain(), after the conversion
+        elif self._active:
+            self._finish_level()
         self._active = False
+
+    def drain(self) -> None:
+        """Apply the analysed level's remaining tiles: those still decoding, then those read
+        back from the conversion's copy, in read order (the analysis calls this after the
+        pass; a no-op when the pass applied everything)."""
+        if not self._level_open:
+            return
+        self._level_open = False
+        try:
+            while self._pending:
+                self._settle_head()
+            for row, index in self._deferred or ():
+                work: Future[_Reduced] | None = None
+                if index < 0:
+                    self.tiles_skipped += 1
+                elif self._pool is None:
+                    work = Future()
+                    work.set_result(self._reduce_copied(index))
+                else:
+                    work = self._pool.submit(self._reduce_copied, index)
+                self.tiles_read_back += index >= 0
+                self._pending.append((row, work, 0))
+                self._settle_ready(self._ahead)
+            self._deferred = None
+            self._finish_level()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the decoding threads and the copy (idempotent; also after a failed pass)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+    def _finish_level(self) -> None:
+        while self._pending:
+            self._settle_head()
+        self.flush()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._rows_final(self.geometry.mosaic_shape[0])
 
     def consume(self, tile: StreamTile) -> None:
         frame = tile.frame
         if not self._active or frame.plane != 0:
             return
+        glass = self._busy is not None and not self._needs_decode(tile)
+        if self._deferred is not None:  # behind: the rest of the level comes from the copy
+            self._deferred.append((frame.row, -1 if glass else frame.index))
+            return
         work: Future[_Reduced] | None = None
-        if self._busy is not None and not self._needs_decode(tile):
+        size = 0
+        if glass:
             self.tiles_skipped += 1
         elif self._pool is None:
             work = Future()
             work.set_result(self._reduce(tile))
         else:
             work = self._pool.submit(self._reduce, tile)
-        self._pending.append((frame.row, work))
+            size = len(frame.data or b"")
+        self._pending.append((frame.row, work, size))
+        self._pending_bytes += size
+        if self._copy is None:
+            self._settle_ready(self._ahead)
+            return
+        self._settle_ready(None)
+        if self._pending_bytes > READ_BACK_AFTER_BYTES:
+            self._deferred = []  # the conversion does not wait (module docstring)
+
+    def _settle_ready(self, ahead: int | None) -> None:
+        """Apply the finished tiles at the head of the queue, and wait for more while over
+        `ahead` tiles are pending (None: never wait)."""
         while self._pending and (
-            len(self._pending) > self._ahead
+            (ahead is not None and len(self._pending) > ahead)
             or self._pending[0][1] is None
             or self._pending[0][1].done()
         ):
-            self._settle(*self._pending.popleft())
+            self._settle_head()
+
+    def _settle_head(self) -> None:
+        row, work, size = self._pending.popleft()
+        self._pending_bytes -= size
+        self._settle(row, work)
 
     def _settle(self, row: int, work: Future[_Reduced] | None) -> None:
         """One tile, in read order: its work applied; the rows above it reported final."""
@@ -516,6 +611,13 @@ class AnalysisSampler:
         x0, y0 = frame.col * level.tile_width * self._d, frame.row * level.tile_height * self._d
         reduced = reduced_tile(tile, self.geometry.decode_scale // self._d)
         return self.mosaic.block(x0, y0, reduced), self._crops_of(x0, y0, reduced)
+
+    def _reduce_copied(self, index: int) -> _Reduced:
+        """Worker side, after the pass: a tile read back from the conversion's copy. Copies are
+        JPEG only, whose frames decode from their own bytes: no source is needed."""
+        assert self._copy is not None and self._level is not None
+        frame = Frame(self._level, index, self._copy.read(index))
+        return self._reduce(StreamTile(frame, cast(SlideSource, None)))
 
     def _apply(self, work: _Reduced) -> None:
         block, crops = work

@@ -8,6 +8,7 @@ are appended as they arrive, and the table is filled in by seeking back at the e
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +95,7 @@ class FrameWriter:
                 self._fh.write(_ITEM + struct.pack("<I", 4 * frame_count))
                 self._bot_at = self._fh.tell()
                 self._fh.write(b"\0" * (4 * frame_count))
+            self._fragments_at = self._fh.tell()  # the first frame's item starts here
         except OSError as exc:
             self._fh.close()
             raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -119,6 +121,12 @@ class FrameWriter:
             raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
         self._position += 8 + padded
         self._next += 1
+
+    def frame_span(self, index: int) -> tuple[int, int]:
+        """(file offset, length) of the bytes of frame `index`, one already added."""
+        if not 0 <= index < self._next:
+            raise IndexError(f"{self.path}: frame {index} not written")
+        return self._fragments_at + int(self._offsets[index]) + 8, int(self._lengths[index])
 
     def close(self) -> None:
         if self._fh.closed:
@@ -167,3 +175,37 @@ class FrameWriter:
             self.close()
         else:
             self.abort()
+
+
+class FrameCopy:
+    """The frames of one written instance, read back by index from its file (local disk,
+    just written, so from the page cache): the analysis takes from here the tiles it could
+    not decode while they streamed by, so the conversion never waits for it and the
+    scanner's file is still read once. Readable once the writer has closed, through a file
+    descriptor opened then (`seal`), which outlives the output folder's atomic rename."""
+
+    def __init__(self, writer: FrameWriter) -> None:
+        self._writer = writer
+        self._fd: int | None = None
+
+    def seal(self) -> None:
+        """Called when the writer has closed (before the folder is renamed)."""
+        if self._fd is None:
+            self._fd = os.open(self._writer.path, os.O_RDONLY)
+
+    def read(self, index: int) -> bytes:
+        if self._fd is None:
+            raise OutputError(f"{self._writer.path}: frames read back before the file was closed")
+        offset, length = self._writer.frame_span(index)
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise OutputError(
+                f"{self._writer.path}: frame {index} read back short "
+                f"({len(data)} of {length} bytes)"
+            )
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

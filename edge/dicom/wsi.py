@@ -14,7 +14,7 @@ import numpy as np
 from edge.dicom.encode import Encoder
 from edge.dicom.metadata import ImageSpec
 from edge.dicom.pyramid import Downsampler, PlannedLevel
-from edge.dicom.writer import FrameWriter
+from edge.dicom.writer import FrameCopy, FrameWriter
 from edge.slide.model import Codec, Level
 from edge.slide.source import Pixels
 from edge.slide.stream import StreamTile
@@ -90,6 +90,9 @@ class WsiWriter:
         self._writers: dict[int, FrameWriter] = {}
         self._downsamplers: dict[int, Downsampler] = {}  # by plan index of the parent
         self.written: list[WrittenInstance] = []
+        self._copies: dict[int, FrameCopy] = {}  # by plan index: levels read back (frame_copy)
+        self._current: int | None = None  # plan index of the level being written
+        self._copy = False  # its frames are copied verbatim
 
     @staticmethod
     def level_spec_codec(level: Level, encoder: Encoder) -> tuple[str, str, bool, bool]:
@@ -147,6 +150,20 @@ class WsiWriter:
         self._copy = copied
         self._tile_size = (level.tile_width, level.tile_height)
 
+    def frame_copy(self, level: Level) -> FrameCopy | None:
+        """`level`'s frames as copied into its instance, readable by index once the level has
+        ended; None unless the level being written is this one, JPEG, copied verbatim. Asked
+        by another consumer from its start_level, which comes after this writer's."""
+        index = self._plan_index(level)
+        if index is None or index != self._current or not self._copy:
+            return None
+        if level.codec is not Codec.JPEG:
+            return None
+        copy = self._copies.get(index)
+        if copy is None:
+            copy = self._copies[index] = FrameCopy(self._writers[index])
+        return copy
+
     def consume(self, tile: StreamTile) -> None:
         if self._current is None:
             return
@@ -176,6 +193,9 @@ class WsiWriter:
         for i in chain:
             self._writers.pop(i).close()
             self._downsamplers.pop(i, None)
+            copy = self._copies.pop(i, None)
+            if copy is not None:
+                copy.seal()
 
     def abort(self) -> None:
         for writer in self._writers.values():

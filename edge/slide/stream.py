@@ -7,7 +7,7 @@ per frame, on first demand, and is shared between consumers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edge.slide.model import Level
 from edge.slide.source import Frame, Pixels, SlideSource
@@ -35,6 +35,23 @@ class TileConsumer(Protocol):
     def consume(self, tile: StreamTile) -> None: ...
 
     def end_level(self, level: Level) -> None: ...
+
+
+class CopiedFrames(Protocol):
+    """A level's frames as the conversion wrote them, readable by index once the level ended."""
+
+    def read(self, index: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReadsBack(Protocol):
+    """A consumer that can take frames it falls behind on from the conversion's own copy
+    (edge.dicom.writer.FrameCopy) instead of holding up the pass: `copies(level)` gives that
+    level's copy, or None."""
+
+    def read_back_from(self, copies: Callable[[Level], CopiedFrames | None]) -> None: ...
 
 
 def stream_tiles(
