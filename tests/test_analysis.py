@@ -1059,6 +1059,41 @@ def test_boxed_mask_operations_equal_the_whole_mosaic_ones(seed: int) -> None:
     assert not qc.within_box(empty, ndimage.binary_fill_holes).any()
 
 
+def whole_mosaic_tissue_under_marks(
+    marks: npt.NDArray[np.bool_], solid: npt.NDArray[np.bool_]
+) -> Any:
+    """tissue_mask's pen rule as first written, over the whole mosaic (the reference)."""
+    near = ndimage.uniform_filter((solid & ~marks).astype(np.float32), qc.MARK_CONTEXT)
+    seen = ndimage.uniform_filter((~marks).astype(np.float32), qc.MARK_CONTEXT)
+    return marks & (near / np.maximum(seen, 1e-3) >= 0.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boxed_context_filters_equal_the_whole_mosaic_ones(seed: int) -> None:
+    """tissue_mask's two neighbourhood tests, the pen marks' surroundings (127 px) and the
+    colour left under bubbles (5 px), run on the box around the marks or bubbles only: the
+    same masks as over the whole mosaic, with strokes at the mosaic's edges and tissue of
+    any shape around them."""
+    rng = np.random.default_rng(seed)
+    shape = (420, 560)
+    solid = ndimage.uniform_filter(rng.uniform(0, 1, shape), 40) > 0.5  # tissue blobs
+    marks = np.zeros(shape, bool)
+    for _ in range(int(rng.integers(1, 4))):
+        y, x = int(rng.integers(-10, shape[0])), int(rng.integers(-10, shape[1]))
+        marks[
+            max(0, y) : y + int(rng.integers(3, 30)), max(0, x) : x + int(rng.integers(20, 200))
+        ] = True
+    expected = whole_mosaic_tissue_under_marks(marks, solid)
+    assert np.array_equal(marks & qc._mostly_tissue_around(marks, solid), expected)
+    mosaic = rng.integers(200, 240, (*shape, 3), dtype=np.uint8)
+    mosaic[solid] = (200, 150, 190)
+    mosaic[:, :, 1] -= rng.integers(0, 4, shape, dtype=np.uint8)  # faint colour everywhere
+    covered = ndimage.uniform_filter(rng.uniform(0, 1, shape), 25) > 0.56
+    whole = qc.still_stained(mosaic)
+    assert np.array_equal(qc.still_stained(mosaic, covered) & covered, whole & covered)
+    assert not qc.still_stained(mosaic, np.zeros(shape, bool)).any()
+
+
 def test_fractions_use_the_area_cut_and_masks_the_detection_cut() -> None:
     # A pen band whose probability falls off: 0.9 inside, 0.35 in a fringe on both sides.
     pen = rect(50, 50, 60, SIDE, 0.35)

@@ -129,31 +129,57 @@ def tissue_mask(
     background_index: int,
     pixel_mm2: float,
     min_piece_mm2: float = 0.05,
-    stained: Mask | None = None,
+    stained: Mask | Callable[[Mask], Mask] | None = None,
 ) -> Mask:
     """Tissue: what the artifact model calls tissue or fold, plus what lies under a bubble
-    or debris where the pixels still look stained (`stained`, still_stained's colour test: a
-    bubble washes tissue out but does not remove it), plus pen marks and edge shadows where
-    tissue surrounds them; pen or a shadow on glass is not tissue."""
+    or debris where the pixels still look stained (`stained`, still_stained's colour test, or
+    a function giving it for a mask of the covered pixels: a bubble washes tissue out but
+    does not remove it), plus pen marks and edge shadows where tissue surrounds them; pen or
+    a shadow on glass is not tissue."""
     names = ("background", "tissue", "pen", "fold", "bubble", "debris", "edge")
     at = {name: artifact_probs[i] for i, name in enumerate(names) if i < len(artifact_probs)}
     del background_index  # the class order is fixed by the model (nets.ARTIFACT_CLASSES)
     solid = (at["tissue"] + at.get("fold", 0.0)) >= 0.5
     if stained is not None:
         covered = (at.get("bubble", 0.0) + at.get("debris", 0.0)) >= 0.5
-        solid |= covered & stained
+        solid |= covered & (stained(covered) if callable(stained) else stained)
     # A pen stroke or an edge's shadow hides what is under it: call it tissue where what
     # surrounds it (within MARK_CONTEXT px, the marks themselves left out) is mostly tissue,
     # so a stroke across a section counts and a stroke on the glass beside it does not.
     marks = at.get("pen", np.zeros(1)) >= 0.5
     if marks.any():
-        seen = (~marks).astype(np.float32)
-        near = ndimage.uniform_filter((solid & ~marks).astype(np.float32), MARK_CONTEXT)
-        share = near / np.maximum(ndimage.uniform_filter(seen, MARK_CONTEXT), 1e-3)
-        solid |= marks & (share >= 0.5)
+        solid |= marks & _mostly_tissue_around(marks, solid)
     solid = within_box(solid, lambda m: ndimage.binary_opening(m, iterations=1), margin=2)
     solid = within_box(solid, ndimage.binary_fill_holes)
     return remove_small(solid, max(1, int(min_piece_mm2 / pixel_mm2)))
+
+
+def _mostly_tissue_around(marks: Mask, solid: Mask) -> Mask:
+    """Where at least half of the unmarked pixels within MARK_CONTEXT px are tissue. Needed at
+    marks only, so computed in the box around them: with a margin of twice the filter's
+    reach, no value a mark pixel depends on sees the box's edge (same answer as the whole
+    mosaic; the filter's sums of 0/1 values are exact)."""
+    out = np.zeros_like(marks)
+    box = box_of(marks, MARK_CONTEXT)
+    if box is None:
+        return out
+    m, t = marks[box], solid[box]
+    near = ndimage.uniform_filter((t & ~m).astype(np.float32), MARK_CONTEXT)
+    seen = ndimage.uniform_filter((~m).astype(np.float32), MARK_CONTEXT)
+    out[box] = near / np.maximum(seen, 1e-3) >= 0.5
+    return out
+
+
+def box_of(mask: Mask, margin: int = 0) -> tuple[slice, slice] | None:
+    """The box around mask's pixels plus margin (clipped at the top and left; slicing clips
+    the rest), or None when it has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return (
+        slice(max(0, rows[0] - margin), rows[-1] + 1 + margin),
+        slice(max(0, cols[0] - margin), cols[-1] + 1 + margin),
+    )
 
 
 def within_box(mask: Mask, operation: Callable[[Mask], Mask], margin: int = 0) -> Mask:
@@ -162,24 +188,26 @@ def within_box(mask: Mask, operation: Callable[[Mask], Mask], margin: int = 0) -
     (hole filling and labelling need none: past the box is all background, so the box's
     border already counts as outside). Artifact masks cover a few % of a mosaic of up to 16 MP;
     labelling and filling the whole of it took ~40 ms a call, a dozen calls a slide."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    box = box_of(mask, margin)
+    if box is None:
         return mask
-    ys = slice(max(0, rows[0] - margin), rows[-1] + 1 + margin)
-    xs = slice(max(0, cols[0] - margin), cols[-1] + 1 + margin)
     out = np.zeros_like(mask)
-    out[ys, xs] = operation(mask[ys, xs])
+    out[box] = operation(mask[box])
     return out
 
 
-def still_stained(mosaic: npt.NDArray[np.uint8]) -> Mask:
+def still_stained(mosaic: npt.NDArray[np.uint8], where: Mask | None = None) -> Mask:
     """Where a bubble or debris covers the slide, tissue lies beneath where colour is left:
     glass under a bubble is grey (chroma about 1 averaged over 5 mosaic px), washed-out
     tissue 2-15 (kit validation slides). Darkness does not count: a bubble's grey rim on
     glass is dark, and tissue_mask's hole filling then made a whole bubble on glass tissue
-    (its area counted as "tissue under air bubbles")."""
-    colour = ndimage.uniform_filter(chroma(mosaic).astype(np.float32), 5)
-    found: Mask = colour >= COVERED_CHROMA
+    (its area counted as "tissue under air bubbles"). With `where`, only there (and False
+    elsewhere): the box around it is computed, with the margin that keeps it exact."""
+    box = (slice(None), slice(None)) if where is None else box_of(where, 2 * (5 // 2))
+    found: Mask = np.zeros(mosaic.shape[:2], bool)
+    if box is not None:
+        colour = ndimage.uniform_filter(chroma(mosaic[box]).astype(np.float32), 5)
+        found[box] = colour >= COVERED_CHROMA
     return found
 
 

@@ -321,7 +321,11 @@ class Analyser:
         idx = {name: i for i, name in enumerate(nets.ARTIFACT_CLASSES)}
         pixel_mm2 = (geometry.mosaic_mpp / 1000.0) ** 2
         tissue = qc.tissue_mask(
-            art, idx["tissue"], idx["background"], pixel_mm2, stained=qc.still_stained(mosaic)
+            art,
+            idx["tissue"],
+            idx["background"],
+            pixel_mm2,
+            stained=functools.partial(qc.still_stained, mosaic),
         )
         maps: dict[str, npt.NDArray[np.floating[Any]]] = {
             "tissue": (1.0 - art[idx["background"]]).astype(np.float16)
