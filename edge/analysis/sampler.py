@@ -541,10 +541,10 @@ class AnalysisSampler:
         self._pending_bytes += size
         if self._copy is None:
             self._settle_ready(self._ahead)
-            return
-        self._settle_ready(None)
-        if self._pending_bytes > READ_BACK_AFTER_BYTES:
-            self._deferred = []  # the conversion does not wait (module docstring)
+        elif self._pending_bytes > READ_BACK_AFTER_BYTES:
+            # The conversion does not wait (module docstring); nor does it apply results,
+            # whose focus batches would hold up the pass: drain() does, in order.
+            self._deferred = []
 
     def _settle_ready(self, ahead: int | None) -> None:
         """Apply the finished tiles at the head of the queue, and wait for more while over
