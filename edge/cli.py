@@ -331,9 +331,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
             def show_progress(done: int, total: int, task_id: TaskID = task) -> None:
                 bar.update(task_id, completed=done, total=total)
 
+            def show_analysing(
+                done: int, total: int, task_id: TaskID = task, label: str = f"{slide.name}: QC"
+            ) -> None:  # the tiles the analysis reads back once the slide is converted
+                bar.update(task_id, description=label, completed=done, total=total)
+
             try:
                 result, report = convert_and_analyse(
-                    slide, args.output, options, analysis_options, show_progress
+                    slide,
+                    args.output,
+                    options,
+                    analysis_options,
+                    show_progress,
+                    analysing=show_analysing,
                 )
                 if report is not None:
                     say(_verdict_line(slide.name, report), "bold")

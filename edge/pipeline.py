@@ -76,6 +76,7 @@ def convert_and_analyse(
     analysis: Any | None,
     progress: Callable[[int, int], None] | None = None,
     on_converted: Callable[[list[Path], int], None] | None = None,
+    analysing: Callable[[int, int], None] | None = None,
 ) -> tuple[ConvertResult, dict[str, Any] | None]:
     """Convert into out_root/<name>/ with the analysis riding the pass; QC outputs go to
     out_root/<name>.qc/ and, as DICOM (SEG, SR), into the slide folder.
@@ -84,7 +85,10 @@ def convert_and_analyse(
     soon as they are in place, while the analysis still works on its results: the daemon
     starts sending them then; it gets the QC DICOM objects (SEG, SR, annotations) as soon as
     they are written, too. Its second argument is the send-order boost (`boost`): 0 for the
-    pyramid, whose triage is not known yet, the slide's own for the QC objects."""
+    pyramid, whose triage is not known yet, the slide's own for the QC objects.
+
+    `progress` follows the pass's tiles, `analysing` (default: `progress`) the tiles the
+    analysis reads back after the conversion; either may raise Stopping."""
     session = None
     if analysis is not None:
         from edge.analysis.api import SlideAnalysis
@@ -106,7 +110,7 @@ def convert_and_analyse(
         from edge.dicom.results import write_qc_objects
 
         qc_dir = out_root / f"{output_name(path)}.qc"
-        analysed = session.result()
+        analysed = session.result(analysing or progress)
 
         def qc_objects() -> list[Path] | None:
             try:  # the slide is converted: a QC object it lacks is a warning, not a failure

@@ -479,6 +479,31 @@ def test_tiles_read_back_from_the_conversion_give_the_same_analysis(
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
+def test_a_daemon_stopping_while_tiles_are_read_back_stops_the_analysis(
+    synthetic_svs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back after the conversion reports progress like the pass does, so a daemon
+    told to stop is not held up by it: Stopping reaches the caller (the job goes back to the
+    queue) rather than becoming "QC unavailable", and nothing is left running or open."""
+    monkeypatch.setattr(sampler_module, "READ_BACK_AFTER_BYTES", 0)
+    threads = {t.name for t in threading.enumerate()}
+    fds = len(os.listdir("/proc/self/fd"))
+    seen: list[tuple[int, int]] = []
+
+    def stop_midway(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 10:
+            raise Stopping(f"stopping after {done} of {total} tiles read back")
+
+    with pytest.raises(Stopping, match="10 of"):
+        convert_and_analyse(
+            synthetic_svs, tmp_path, ConvertOptions(), AnalysisOptions(), analysing=stop_midway
+        )
+    assert seen[0] == (1, seen[0][1]) and seen[0][1] > 10
+    assert {t.name for t in threading.enumerate()} <= threads
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_model_during_the_pass_and_after_it_give_the_same_maps(
     synthetic_svs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,12 +56,27 @@ class SlideAnalysis:
             self._analyser = None
             return ()
 
-    def result(self) -> AnalysisResult:
+    def result(self, progress: Callable[[int, int], None] | None = None) -> AnalysisResult:
+        """The slide's analysis; `progress(done, total)` follows the tiles it still reads
+        after the conversion, and what it raises (a daemon stopping) ends the analysis and
+        reaches the caller."""
         if self._analyser is None:
             return unavailable(self._reason)
+        raised: list[BaseException] = []
+
+        def watched(done: int, total: int) -> None:
+            assert progress is not None
+            try:
+                progress(done, total)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
         try:
-            return self._analyser.finish()
+            return self._analyser.finish(watched if progress is not None else None)
         except EdgeError as exc:  # a model failing mid-slide: the slide is still converted
+            if raised:
+                raise
             LOGGER.warning("analysis failed: %s", exc)
             return unavailable(str(exc))
         finally:

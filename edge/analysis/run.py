@@ -295,12 +295,13 @@ class Analyser:
             self._focus.add(crop, float(p))
         self._focus_seconds += time.monotonic() - t
 
-    def finish(self) -> AnalysisResult:
-        """Tissue, artifacts, stain and the verdict, after the pass has ended."""
+    def finish(self, progress: Callable[[int, int], None] | None = None) -> AnalysisResult:
+        """Tissue, artifacts, stain and the verdict, after the pass has ended. `progress`
+        follows the tiles read back from the conversion's copy (AnalysisSampler.drain)."""
         assert self._sampler is not None and self._focus is not None
         sampler, geometry = self._sampler, self._sampler.geometry
         pass_seconds = time.monotonic() - self._started
-        sampler.drain()  # the tiles the conversion did not wait for (sampler docstring)
+        sampler.drain(progress)  # the tiles the conversion did not wait for (sampler docstring)
         drain_seconds = time.monotonic() - self._started - pass_seconds
         t = time.monotonic()
         if self._dense is not None and sampler.rows_in_order:

@@ -474,17 +474,20 @@ class AnalysisSampler:
             self._finish_level()
         self._active = False
 
-    def drain(self) -> None:
+    def drain(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Apply the analysed level's remaining tiles: those still decoding, then those read
         back from the conversion's copy, in read order (the analysis calls this after the
-        pass; a no-op when the pass applied everything)."""
+        pass; a no-op when the pass applied everything). `progress(done, total)` counts the
+        tiles read back; it may raise to abandon the slide."""
         if not self._level_open:
             return
         self._level_open = False
         try:
             while self._pending:
                 self._settle_head()
-            for row, index in self._deferred or ():
+            deferred = self._deferred or []
+            total = sum(1 for _, index in deferred if index >= 0)
+            for row, index in deferred:
                 work: Future[_Reduced] | None = None
                 if index < 0:
                     self.tiles_skipped += 1
@@ -493,7 +496,10 @@ class AnalysisSampler:
                     work.set_result(self._reduce_copied(index))
                 else:
                     work = self._pool.submit(self._reduce_copied, index)
-                self.tiles_read_back += index >= 0
+                if index >= 0:
+                    self.tiles_read_back += 1
+                    if progress is not None:
+                        progress(self.tiles_read_back, total)
                 self._pending.append((row, work, 0))
                 self._settle_ready(self._ahead)
             self._deferred = None
