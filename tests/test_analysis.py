@@ -927,8 +927,22 @@ def test_blur_near_its_threshold_asks_for_review() -> None:
     verdict, reasons, found = judge(maps(blur=rect(50, 50, 21, SIDE)), square_tissue())
     assert found.fractions["blur"] == pytest.approx(0.07)
     assert verdict == "review"
-    assert len(reasons) == 1 and "7%" in reasons[0] and "out of focus" in reasons[0]
+    assert len(reasons) == 1 and "7.0% of tissue out of focus" in reasons[0]
     assert "rescan from 10%" in reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("fraction", "said"), [(0.047, "4.7%"), (0.0004, "0.1%"), (0.0995, "10%"), (0.142, "14%")]
+)
+def test_fractions_near_a_threshold_are_not_rounded_onto_it(fraction: float, said: str) -> None:
+    """4.7% of tissue under pen is a review, not a rescan: it must not read "5% ... (rescan
+    from 5%)", as it did on a test slide (seed 50078)."""
+    assert qc._pct(fraction) == said
+
+
+@pytest.mark.parametrize(("area", "said"), [(0.043, "0.043"), (3.14, "3.1"), (123.4, "123")])
+def test_region_areas_keep_two_digits(area: float, said: str) -> None:
+    assert qc._mm2(area) == said
 
 
 def test_blur_over_threshold_means_rescan() -> None:

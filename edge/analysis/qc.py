@@ -321,8 +321,18 @@ def findings(
     return Findings(tissue, masks, fractions, regions, n_tissue * pixel_mm2, int(fragments))
 
 
+def _mm2(area: float) -> str:
+    """An area with two significant digits under 10 mm2 (a 0.04 mm2 region read "0.0")."""
+    return f"{area:.0f}" if area >= 9.95 else f"{area:.2g}"
+
+
 def _pct(f: float) -> str:
-    return f"{max(1, round(100 * f))}%"
+    """A fraction for the technician: one decimal under 10%, where thresholds lie (4.7% read
+    as "5%" beside "rescan from 5%" looked like a rescan that was not called)."""
+    percent = 100 * f
+    if percent >= 9.95:
+        return f"{round(percent)}%"
+    return f"{max(percent, 0.1):.1f}%"
 
 
 def verdict(
@@ -339,7 +349,7 @@ def verdict(
     for kind, fraction in found.fractions.items():
         largest = found.regions[kind][0] if found.regions.get(kind) else None
         where = (
-            f", largest region {largest.area_mm2:.1f} mm2 at x={largest.x}, y={largest.y}"
+            f", largest region {_mm2(largest.area_mm2)} mm2 at x={largest.x}, y={largest.y}"
             if largest
             else ""
         )
@@ -348,7 +358,7 @@ def verdict(
         if limit is not None and fraction >= limit:
             rescan.append(f"{_ACTIONS[kind]}: {text}")
         elif limit is not None and fraction >= thresholds.review_share * limit and fraction > 0:
-            review.append(f"review: {text} (rescan from {_pct(limit)})")
+            review.append(f"review: {text} (rescan from {100 * limit:g}%)")
         elif kind in thresholds.review and fraction >= thresholds.review[kind]:
             review.append(f"review: {text}")
     if stain not in ("H&E", "IHC"):
