@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,7 @@ GATE_MARGIN = 2  # mosaic px around anything stained whose level-0 tiles are sti
 # Compressed tiles the decoders may fall behind the pass before the rest of the level is read
 # back from the conversion's copy (module docstring): ~300 JPEG tiles at quality 90.
 READ_BACK_AFTER_BYTES = 16 << 20
+_T = TypeVar("_T")
 
 
 def pow2_near(value: float, lo: int, hi: int) -> int:
@@ -491,12 +492,8 @@ class AnalysisSampler:
                 work: Future[_Reduced] | None = None
                 if index < 0:
                     self.tiles_skipped += 1
-                elif self._pool is None:
-                    work = Future()
-                    work.set_result(self._reduce_copied(index))
                 else:
-                    work = self._pool.submit(self._reduce_copied, index)
-                if index >= 0:
+                    work = self._start(self._reduce_copied, index)
                     self.tiles_read_back += 1
                     if progress is not None:
                         progress(self.tiles_read_back, total)
@@ -537,12 +534,9 @@ class AnalysisSampler:
         size = 0
         if glass:
             self.tiles_skipped += 1
-        elif self._pool is None:
-            work = Future()
-            work.set_result(self._reduce(tile))
         else:
-            work = self._pool.submit(self._reduce, tile)
-            size = len(frame.data or b"")
+            work = self._start(self._reduce, tile)
+            size = len(frame.data or b"") if self._pool is not None else 0
         self._pending.append((frame.row, work, size))
         self._pending_bytes += size
         if self._copy is None:
@@ -551,6 +545,14 @@ class AnalysisSampler:
             # The conversion does not wait (module docstring); nor does it apply results,
             # whose focus batches would hold up the pass: drain() does, in order.
             self._deferred = []
+
+    def _start(self, reduce: Callable[[_T], _Reduced], item: _T) -> Future[_Reduced]:
+        """A tile's work: on a decoding thread, or done at once when there is none."""
+        if self._pool is not None:
+            return self._pool.submit(reduce, item)
+        work: Future[_Reduced] = Future()
+        work.set_result(reduce(item))
+        return work
 
     def _settle_ready(self, ahead: int | None) -> None:
         """Apply the finished tiles at the head of the queue, and wait for more while over
