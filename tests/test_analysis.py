@@ -940,6 +940,16 @@ def test_fractions_near_a_threshold_are_not_rounded_onto_it(fraction: float, sai
     assert qc._pct(fraction) == said
 
 
+@pytest.mark.parametrize(
+    ("fraction", "limit", "said"),
+    [(0.0996, 0.10, "9.9%"), (0.1496, 0.15, "14.9%"), (0.0499, 0.05, "4.9%"), (0.12, 0.10, "12%")],
+)
+def test_a_fraction_under_its_limit_is_never_written_at_it(
+    fraction: float, limit: float, said: str
+) -> None:
+    assert qc._pct(fraction, limit) == said
+
+
 @pytest.mark.parametrize(("area", "said"), [(0.043, "0.043"), (3.14, "3.1"), (123.4, "123")])
 def test_region_areas_keep_two_digits(area: float, said: str) -> None:
     assert qc._mm2(area) == said

@@ -12,6 +12,7 @@ the appliance's documented defaults (config [analysis.qc] overrides them):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -326,13 +327,15 @@ def _mm2(area: float) -> str:
     return f"{area:.0f}" if area >= 9.95 else f"{area:.2g}"
 
 
-def _pct(f: float) -> str:
+def _pct(f: float, limit: float | None = None) -> str:
     """A fraction for the technician: one decimal under 10%, where thresholds lie (4.7% read
-    as "5%" beside "rescan from 5%" looked like a rescan that was not called)."""
+    as "5%" beside "rescan from 5%" looked like a rescan that was not called); a fraction
+    under `limit` is never written at or above it (9.96% of a 10% limit: "9.9%")."""
     percent = 100 * f
-    if percent >= 9.95:
-        return f"{round(percent)}%"
-    return f"{max(percent, 0.1):.1f}%"
+    text = f"{round(percent)}" if percent >= 9.95 else f"{max(percent, 0.1):.1f}"
+    if limit is not None and f < limit and float(text) >= 100 * limit:
+        text = f"{math.floor(percent * 10) / 10:.1f}"
+    return f"{text}%"
 
 
 def verdict(
@@ -354,7 +357,7 @@ def verdict(
             else ""
         )
         limit = thresholds.rescan.get(kind)
-        text = f"{_pct(fraction)} of tissue {_NAMES[kind]}{where}"
+        text = f"{_pct(fraction, limit)} of tissue {_NAMES[kind]}{where}"
         if limit is not None and fraction >= limit:
             rescan.append(f"{_ACTIONS[kind]}: {text}")
         elif limit is not None and fraction >= thresholds.review_share * limit and fraction > 0:
