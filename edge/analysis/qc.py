@@ -28,6 +28,7 @@ Prob = npt.NDArray[np.floating[Any]]
 
 MARK_CONTEXT = 127  # mosaic px (~0.5 mm): wider than most pen strokes
 COVERED_CHROMA = 2.5  # still_stained: mean max-min over RGB of tissue under a bubble
+COVERED_WINDOW = 5  # mosaic px that still_stained averages over
 QC_CLASSES = ("blur", "pen", "fold", "bubble", "debris", "edge")
 _NAMES = {
     "blur": "out of focus",
@@ -204,10 +205,10 @@ def still_stained(mosaic: npt.NDArray[np.uint8], where: Mask | None = None) -> M
     glass is dark, and tissue_mask's hole filling then made a whole bubble on glass tissue
     (its area counted as "tissue under air bubbles"). With `where`, only there (and False
     elsewhere): the box around it is computed, with the margin that keeps it exact."""
-    box = (slice(None), slice(None)) if where is None else box_of(where, 2 * (5 // 2))
+    box = (slice(None), slice(None)) if where is None else box_of(where, 2 * (COVERED_WINDOW // 2))
     found: Mask = np.zeros(mosaic.shape[:2], bool)
     if box is not None:
-        colour = ndimage.uniform_filter(chroma(mosaic[box]).astype(np.float32), 5)
+        colour = ndimage.uniform_filter(chroma(mosaic[box]).astype(np.float32), COVERED_WINDOW)
         found[box] = colour >= COVERED_CHROMA
     return found
 

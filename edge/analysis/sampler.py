@@ -536,7 +536,7 @@ class AnalysisSampler:
             self.tiles_skipped += 1
         else:
             work = self._start(self._reduce, tile)
-            size = len(frame.data or b"") if self._pool is not None else 0
+            size = len(frame.data or b"")
         self._pending.append((frame.row, work, size))
         self._pending_bytes += size
         if self._copy is None:

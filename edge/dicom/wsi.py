@@ -152,12 +152,10 @@ class WsiWriter:
 
     def frame_copy(self, level: Level) -> FrameCopy | None:
         """`level`'s frames as copied into its instance, readable by index once the level has
-        ended; None unless the level being written is this one, JPEG, copied verbatim. Asked
-        by another consumer from its start_level, which comes after this writer's."""
+        ended; None unless the level being written is this one, copied verbatim. Asked by
+        another consumer from its start_level, which comes after this writer's."""
         index = self._plan_index(level)
         if index is None or index != self._current or not self._copy:
-            return None
-        if level.codec is not Codec.JPEG:
             return None
         copy = self._copies.get(index)
         if copy is None:
