@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,10 @@ GATE_MARGIN = 2  # mosaic px around anything stained whose level-0 tiles are sti
 # back from the conversion's copy (module docstring): ~300 JPEG tiles at quality 90.
 READ_BACK_AFTER_BYTES = 16 << 20
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+# Tiles read back per hand-off to a decoding thread: one Future per tile cost ~0.1 ms of
+# thread switching and locking on a 2-core box, a third of the tile's decoding.
+READ_BACK_CHUNK = 8
 
 
 def pow2_near(value: float, lo: int, hi: int) -> int:
@@ -439,7 +443,7 @@ class AnalysisSampler:
         self._pool: ThreadPoolExecutor | None = None
         # (tile row, the tile's work or None for a skipped tile, its compressed bytes): applied
         # in read order
-        self._pending: deque[tuple[int, Future[_Reduced] | None, int]] = deque()
+        self._pending: deque[tuple[int, _Work | None, int]] = deque()
         self._pending_bytes = 0
         self._ahead = 4 * max(self._workers, 1)
         # Reading back (module docstring): the copies offered by the conversion, the analysed
@@ -488,16 +492,21 @@ class AnalysisSampler:
                 self._settle_head()
             deferred = self._deferred or []
             total = sum(1 for _, index in deferred if index >= 0)
-            for row, index in deferred:
-                work: Future[_Reduced] | None = None
-                if index < 0:
-                    self.tiles_skipped += 1
-                else:
-                    work = self._start(self._reduce_copied, index)
+            for chunk in _chunks(deferred, READ_BACK_CHUNK):
+                indices = [index for _, index in chunk if index >= 0]
+                work = self._start(self._reduce_copied, indices) if indices else None
+                part = 0
+                for row, index in chunk:
+                    if index < 0:
+                        self.tiles_skipped += 1
+                        self._pending.append((row, None, 0))
+                        continue
+                    assert work is not None
+                    self._pending.append((row, _Part(work, part), 0))
+                    part += 1
                     self.tiles_read_back += 1
                     if progress is not None:
                         progress(self.tiles_read_back, total)
-                self._pending.append((row, work, 0))
                 self._settle_ready(self._ahead)
             self._deferred = None
             self._finish_level()
@@ -530,7 +539,7 @@ class AnalysisSampler:
         if self._deferred is not None:  # behind: the rest of the level comes from the copy
             self._deferred.append((frame.row, -1 if glass else frame.index))
             return
-        work: Future[_Reduced] | None = None
+        work: _Work | None = None
         size = 0
         if glass:
             self.tiles_skipped += 1
@@ -546,11 +555,11 @@ class AnalysisSampler:
             # whose focus batches would hold up the pass: drain() does, in order.
             self._deferred = []
 
-    def _start(self, reduce: Callable[[_T], _Reduced], item: _T) -> Future[_Reduced]:
-        """A tile's work: on a decoding thread, or done at once when there is none."""
+    def _start(self, reduce: Callable[[_T], _R], item: _T) -> Future[_R]:
+        """Work on a decoding thread, or done at once when there is none."""
         if self._pool is not None:
             return self._pool.submit(reduce, item)
-        work: Future[_Reduced] = Future()
+        work: Future[_R] = Future()
         work.set_result(reduce(item))
         return work
 
@@ -569,7 +578,7 @@ class AnalysisSampler:
         self._pending_bytes -= size
         self._settle(row, work)
 
-    def _settle(self, row: int, work: Future[_Reduced] | None) -> None:
+    def _settle(self, row: int, work: _Work | None) -> None:
         """One tile, in read order: its work applied; the rows above it reported final."""
         if row != self._row:
             if row < self._row:  # not row by row: nothing is final before the pass ends
@@ -620,12 +629,12 @@ class AnalysisSampler:
         reduced = reduced_tile(tile, self.geometry.decode_scale // self._d)
         return self.mosaic.block(x0, y0, reduced), self._crops_of(x0, y0, reduced)
 
-    def _reduce_copied(self, index: int) -> _Reduced:
-        """Worker side, after the pass: a tile read back from the conversion's copy. Copies are
+    def _reduce_copied(self, indices: list[int]) -> list[_Reduced]:
+        """Worker side, after the pass: tiles read back from the conversion's copy. Copies are
         JPEG only, whose frames decode from their own bytes: no source is needed."""
         assert self._copy is not None and self._level is not None
-        frame = Frame(self._level, index, self._copy.read(index))
-        return self._reduce(StreamTile(frame, cast(SlideSource, None)))
+        level, copy, none = self._level, self._copy, cast(SlideSource, None)
+        return [self._reduce(StreamTile(Frame(level, i, copy.read(i)), none)) for i in indices]
 
     def _apply(self, work: _Reduced) -> None:
         block, crops = work
@@ -679,3 +688,32 @@ def _grey(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """ITU-R 601 luma, integer arithmetic (what the focus model was trained on)."""
     r, g, b = rgb[:, :, 0].astype(np.uint16), rgb[:, :, 1], rgb[:, :, 2]
     return ((77 * r + 150 * g + 29 * b) >> 8).astype(np.uint8)
+
+
+class _Work(Protocol):
+    """A tile's work: a Future of it, or its share of a chunk's Future."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> _Reduced: ...
+
+
+class _Part:
+    """One tile's share of the work on a chunk of tiles."""
+
+    __slots__ = ("chunk", "index")
+
+    def __init__(self, chunk: Future[list[_Reduced]], index: int) -> None:
+        self.chunk = chunk
+        self.index = index
+
+    def done(self) -> bool:
+        return self.chunk.done()
+
+    def result(self) -> _Reduced:
+        return self.chunk.result()[self.index]
+
+
+def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
