@@ -1027,6 +1027,15 @@ def test_regions_are_level0_and_largest_first() -> None:
     assert big.kind == "fold"
 
 
+def test_pieces_counts_4_connected_fragments() -> None:
+    m = np.zeros((40, 40), bool)
+    m[5:8, 30:35] = True
+    m[20:30, 10:12] = True
+    m[30, 12] = True  # touches the band diagonally only: a piece of its own
+    assert qc.pieces(m) == 3
+    assert qc.pieces(np.zeros((4, 4), bool)) == 0
+
+
 def test_summary_numbers() -> None:
     _, _, found = judge(maps(pen=rect(50, 50, 60, SIDE)), square_tissue())
     s = qc.summary(found)

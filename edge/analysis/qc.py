@@ -198,6 +198,12 @@ def within_box(mask: Mask, operation: Callable[[Mask], Mask], margin: int = 0) -
     return out
 
 
+def pieces(mask: Mask) -> int:
+    """The number of connected pieces (4-connected) of mask, labelled in its box."""
+    box = box_of(mask)
+    return 0 if box is None else int(ndimage.label(mask[box])[1])
+
+
 def still_stained(mosaic: npt.NDArray[np.uint8], where: Mask | None = None) -> Mask:
     """Where a bubble or debris covers the slide, tissue lies beneath where colour is left:
     glass under a bubble is grey (chroma about 1 averaged over 5 mosaic px), washed-out
@@ -229,7 +235,11 @@ def remove_small(mask: Mask, min_pixels: int) -> Mask:
 
 def regions_of(mask: Mask, kind: str, downsample: int, pixel_mm2: float) -> list[Region]:
     """Connected regions of a class, largest first, in level-0 coordinates."""
-    labels, _ = ndimage.label(mask)
+    around = box_of(mask)  # labelled in the box around the class only (within_box's reason)
+    if around is None:
+        return []
+    top, left = int(around[0].start), int(around[1].start)
+    labels, _ = ndimage.label(mask[around])
     found = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -237,7 +247,8 @@ def regions_of(mask: Mask, kind: str, downsample: int, pixel_mm2: float) -> list
         part = labels[box] == index
         area = int(part.sum())
         cy, cx = ndimage.center_of_mass(part)
-        ys, xs = box
+        ys = slice(box[0].start + top, box[0].stop + top)
+        xs = slice(box[1].start + left, box[1].stop + left)
         found.append(
             Region(
                 kind,
@@ -319,8 +330,7 @@ def findings(
         if area_cut != cut:
             mask = class_mask(kind, smooth, tissue, area_cut, thresholds, pixel_mm2)
         fractions[kind] = float((mask & tissue).sum()) / n_tissue if n_tissue else 0.0
-    _, fragments = ndimage.label(tissue)
-    return Findings(tissue, masks, fractions, regions, n_tissue * pixel_mm2, int(fragments))
+    return Findings(tissue, masks, fractions, regions, n_tissue * pixel_mm2, pieces(tissue))
 
 
 def _mm2(area: float) -> str:
