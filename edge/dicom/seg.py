@@ -80,8 +80,14 @@ def resample_mask(
     cols = ((np.arange(lw) + 0.5) * (bw / lw) // downsample).astype(np.intp)
     np.minimum(rows, mask.shape[0] - 1, out=rows)
     np.minimum(cols, mask.shape[1] - 1, out=cols)
+    if (lh, lw) == mask.shape and _identity(rows) and _identity(cols):
+        return mask  # the level is the mosaic's grid (the usual case): nothing to pick
     out: Mask = mask[np.ix_(rows, cols)]
     return out
+
+
+def _identity(index: npt.NDArray[np.intp]) -> bool:
+    return bool((index == np.arange(len(index))).all())
 
 
 def algorithm_identification(
