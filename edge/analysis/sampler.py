@@ -492,6 +492,7 @@ class AnalysisSampler:
                 self._settle_head()
             deferred = self._deferred or []
             total = sum(1 for _, index in deferred if index >= 0)
+            ahead = max(self._ahead, READ_BACK_CHUNK * (self._workers + 1))  # every worker busy
             for chunk in _chunks(deferred, READ_BACK_CHUNK):
                 indices = [index for _, index in chunk if index >= 0]
                 work = self._start(self._reduce_copied, indices) if indices else None
@@ -507,7 +508,7 @@ class AnalysisSampler:
                     self.tiles_read_back += 1
                     if progress is not None:
                         progress(self.tiles_read_back, total)
-                self._settle_ready(self._ahead)
+                self._settle_ready(ahead)
             self._deferred = None
             self._finish_level()
         finally:
