@@ -91,6 +91,27 @@ def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) ->
     assert abs(got - want).max() < 1e-4
 
 
+def test_log_od_inputs_start_from_the_shipped_model_exactly(train_models: ModuleType) -> None:
+    """--cnn-log-od with --init: the three new input channels start at weight 0, so the wider
+    network computes what the shipped model does until training moves them."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    import train_artifact_cnn as cnn
+
+    path = Path(__file__).resolve().parents[1] / "models" / "artifact" / "model.onnx"
+    torch.set_num_threads(1)
+    net = cnn.ArtifactNet(log_od=True)
+    cnn.load_onnx(net, path)
+    net.eval()
+    assert net.stem[0].weight.shape[1] == 9 and not net.stem[0].weight[:, 6:].any()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = net(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert abs(got - want).max() < 1e-4
+
+
 def test_hard_fold_windows_go_where_a_model_missed(train_models: ModuleType) -> None:
     """--hard-folds: fold windows are drawn from slides and pixels in proportion to 0.1 + the
     previous model's miss; without misses every slide is as likely (and the draws repeat)."""

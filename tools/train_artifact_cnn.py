@@ -38,6 +38,7 @@ from edge.analysis import nets
 WINDOW = nets.INPUT_SHAPES["artifact"][1]
 MARGIN = nets.ARTIFACT_MARGIN
 ARTIFACTS = ("pen", "fold", "bubble", "debris", "edge")
+LOG_OD_FLOOR = 0.02  # natural-log optical density (I = 0.98): glass and the palest stain
 
 
 def block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -54,11 +55,14 @@ class ArtifactNet(nn.Module):
     convolutions (context: ~0.5 mm each side), a decoder back to 1/4 with additive skips,
     and the logits resized to full resolution."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, log_od: bool = False) -> None:
         super().__init__()
         c1, c2, c3, c4 = 2 * width, 3 * width, 4 * width, 4 * width
+        self.log_od = log_od
         self.stem = nn.Sequential(
-            nn.Conv2d(6, c1, 4, 4, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
+            nn.Conv2d(9 if log_od else 6, c1, 4, 4, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(inplace=True),
         )
         self.e1 = block(c1, c1)  # 1/4
         self.e2 = nn.Sequential(block(c1, c2, 2), block(c2, c2, dilation=2))  # 1/8
@@ -74,7 +78,14 @@ class ArtifactNet(nn.Module):
     def low_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits at 1/4 resolution."""
         # Optical density: stain amounts add up linearly in it (what the old features used).
-        x = torch.cat([x, torch.log(x + 1.0 / 255.0)], dim=1)
+        log = torch.log(x + 1.0 / 255.0)
+        if self.log_od:
+            # log of the optical density: a fold doubles the stain in its path, a constant
+            # step here however pale the section (in the density itself it is 0.1 on pale
+            # IHC against 0.5 on dark H&E). Floored: glass has no density to take a log of.
+            x = torch.cat([x, log, torch.log(torch.clamp(-log, min=LOG_OD_FLOOR))], dim=1)
+        else:
+            x = torch.cat([x, log], dim=1)
         e1 = self.e1(self.stem(x))
         e2 = self.e2(e1)
         e3 = self.e3(e2)
@@ -213,6 +224,12 @@ def load_onnx(net: ArtifactNet, path: Path) -> None:
         for node, (conv, after) in zip(convs, targets, strict=True):
             w = torch.from_numpy(inits[node.input[1]].copy())
             b = torch.from_numpy(inits[node.input[2]].copy())
+            if conv is net.stem[0] and w.shape[1] < conv.weight.shape[1]:
+                # A stem with more input channels: the new ones start at weight 0, so the
+                # network begins as exactly the loaded model.
+                wider = torch.zeros(conv.weight.shape)
+                wider[:, : w.shape[1]] = w
+                w = wider
             if w.shape != conv.weight.shape:
                 raise ValueError(f"{path}: {node.input[1]} {tuple(w.shape)} vs {conv}")
             conv.weight.copy_(w)
@@ -240,6 +257,7 @@ def train(
     cycle: tuple[str, ...] = ARTIFACTS,
     fold_weight: float = 4.0,
     misses: list[npt.NDArray] | None = None,
+    log_od: bool = False,
 ) -> ArtifactNet:
     """checkpoints: a folder for the weights every 250 steps (a long run on a busy machine
     can then be looked at before it ends; the result does not depend on it).
@@ -250,7 +268,7 @@ def train(
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     data = Windows(samples, labels, seed, cycle, misses)
-    net = ArtifactNet(width)
+    net = ArtifactNet(width, log_od)
     if init is not None:
         if init.suffix == ".onnx":
             load_onnx(net, init)

@@ -351,6 +351,9 @@ def main() -> int:
     ap.add_argument("--fold-weight", type=float, default=4.0, help="artifact-cnn fold loss weight")
     ap.add_argument("--cnn-width", type=int, default=16, help="artifact-cnn base channel count")
     ap.add_argument(
+        "--cnn-log-od", action="store_true", help="artifact-cnn: log optical density inputs too"
+    )
+    ap.add_argument(
         "--hard-folds",
         type=Path,
         default=None,
@@ -423,6 +426,7 @@ def main() -> int:
             threads=args.cnn_threads,
             misses=misses,
             width=args.cnn_width,
+            log_od=args.cnn_log_od,
         )
         write_model(args.out, "artifact", cnn.export(net), args)
     if "stain" in only:
