@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,16 +72,16 @@ def test_fold_specs_are_extra_and_leave_the_kit_alone(train_models: ModuleType) 
     assert train_models.fold_specs(0, 3000) == []
 
 
-def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) -> None:
-    """--init models/artifact/model.onnx: the network with the exported (BatchNorm-folded)
-    weights computes what the ONNX model does."""
+def _shipped_model_difference(log_od: bool) -> tuple[Any, float]:
+    """The shipped artifact model loaded into a training network (`load_onnx`): the network,
+    and the largest difference between its output and ONNX Runtime's on one window."""
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
     import train_artifact_cnn as cnn
 
     path = Path(__file__).resolve().parents[1] / "models" / "artifact" / "model.onnx"
     torch.set_num_threads(1)
-    net = cnn.ArtifactNet()
+    net = cnn.ArtifactNet(log_od=log_od)
     cnn.load_onnx(net, path)
     net.eval()
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -88,28 +89,22 @@ def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) ->
         want = net(x).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": x.numpy()})[0]
-    assert abs(got - want).max() < 1e-4
+    return net, float(abs(got - want).max())
+
+
+def test_warm_start_loads_the_shipped_model_exactly(train_models: ModuleType) -> None:
+    """--init models/artifact/model.onnx: the network with the exported (BatchNorm-folded)
+    weights computes what the ONNX model does."""
+    _, difference = _shipped_model_difference(log_od=False)
+    assert difference < 1e-4
 
 
 def test_log_od_inputs_start_from_the_shipped_model_exactly(train_models: ModuleType) -> None:
     """--cnn-log-od with --init: the three new input channels start at weight 0, so the wider
     network computes what the shipped model does until training moves them."""
-    torch = pytest.importorskip("torch")
-    ort = pytest.importorskip("onnxruntime")
-    import train_artifact_cnn as cnn
-
-    path = Path(__file__).resolve().parents[1] / "models" / "artifact" / "model.onnx"
-    torch.set_num_threads(1)
-    net = cnn.ArtifactNet(log_od=True)
-    cnn.load_onnx(net, path)
-    net.eval()
+    net, difference = _shipped_model_difference(log_od=True)
     assert net.stem[0].weight.shape[1] == 9 and not net.stem[0].weight[:, 6:].any()
-    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = net(x).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": x.numpy()})[0]
-    assert abs(got - want).max() < 1e-4
+    assert difference < 1e-4
 
 
 def test_hard_fold_windows_go_where_a_model_missed(train_models: ModuleType) -> None:
